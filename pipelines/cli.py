@@ -1,0 +1,205 @@
+"""The ``pipelines`` command.
+
+    pipelines run TASK [--config FILE] [--set key=value ...] [--data-root PATH] [--output DIR]
+                       [--device auto|cpu|cuda] [--demo] [--resume RUN_DIR]
+    pipelines list [tasks|backbones|keys] [TASK]
+    pipelines eval RUN_DIR [--data-root PATH] [--device ...]
+
+User mistakes end with one line ``error: ...`` and exit status 2; the last line ``run`` prints on
+stdout is the run folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from pipelines.errors import ConfigError, PipelinesError
+
+log = logging.getLogger("pipelines")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not argparse's usage dump
+        raise ConfigError(f"{message}; see '{self.prog} --help'")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pipelines", description="Applied computer-vision pipelines.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="train and evaluate a task into a new run folder")
+    run.add_argument("task", help="task name (pipelines list tasks)")
+    run.add_argument("--config", help="YAML file with keys to change")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="change one config key, e.g. --set train.epochs=3 (repeatable)")
+    run.add_argument("--data-root", help="where the data set lives (sets data.root)")
+    run.add_argument("--output", default="runs", help="parent folder of run folders (default: runs)")
+    run.add_argument("--name", help="run folder name (default: train, or demo with --demo)")
+    run.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    run.add_argument("--demo", action="store_true", help="synthetic data in the real layout, short schedule")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue a run folder from its last checkpoint")
+    run.set_defaults(func=cmd_run)
+
+    lst = sub.add_parser("list", help="list tasks, backbones, or a task's config keys")
+    lst.add_argument("what", nargs="?", default="all", choices=("all", "tasks", "backbones", "keys"))
+    lst.add_argument("task", nargs="?", help="task whose config keys to show (with 'keys')")
+    lst.set_defaults(func=cmd_list)
+
+    ev = sub.add_parser("eval", help="evaluate a run folder's best checkpoint again")
+    ev.add_argument("run_dir")
+    ev.add_argument("--data-root", help="where the data set lives now, if it moved")
+    ev.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    ev.set_defaults(func=cmd_eval)
+    return parser
+
+
+def resolve_config(task_module, args) -> dict:
+    """defaults < demo overrides < --config < --set < --data-root; then checked."""
+    from pipelines.config import apply_overrides, load_yaml, merge
+
+    cfg = task_module.defaults()
+    if args.demo:
+        cfg = apply_overrides(cfg, [f"{k}={v}" for k, v in task_module.DEMO_OVERRIDES.items()], "demo settings")
+    if args.config:
+        cfg = merge(cfg, load_yaml(args.config), args.config)
+    cfg = apply_overrides(cfg, args.overrides)
+    if args.data_root:
+        cfg["data"]["root"] = args.data_root
+    return cfg
+
+
+def cmd_run(args) -> int:
+    from pipelines.config import apply_overrides
+    from pipelines.engine import distributed
+    from pipelines.engine.run_folder import create_run_dir, read_config, write_config, write_environment
+    from pipelines.tasks import get_task
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        cfg = read_config(run_dir)
+        if cfg.get("run", {}).get("task") != args.task:
+            raise ConfigError(f"{run_dir} is a {cfg.get('run', {}).get('task')} run, not {args.task}")
+        if args.config or args.demo:
+            raise ConfigError("--resume continues a run as it was configured; drop --config/--demo")
+        task = get_task(args.task)
+        cfg = apply_overrides(cfg, args.overrides)
+        if args.data_root:
+            cfg["data"]["root"] = str(Path(args.data_root).resolve())
+    else:
+        task = get_task(args.task)
+        cfg = resolve_config(task, args)
+    if not cfg["model"]["pretrained_hub"]:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    task.validate(cfg)
+    ctx = distributed.setup(args.device)
+    if not args.resume:
+        if args.demo and not args.data_root:
+            cfg["data"]["root"] = str(task.prepare_demo(Path("data") / "demo")) if ctx.is_main else None
+            cfg["data"]["root"] = distributed.broadcast_object(ctx, cfg["data"]["root"])
+            log.info("demo: SYNTHETIC data in the real layout at %s; its numbers say nothing about real data",
+                     cfg["data"]["root"])
+        cfg["data"]["root"] = str(Path(cfg["data"]["root"]).expanduser().resolve())
+        cfg["run"] = {"task": args.task, "demo": bool(args.demo)}
+        run_dir = None
+        if ctx.is_main:
+            run_dir = create_run_dir(args.output, args.task, args.name or ("demo" if args.demo else "train"))
+        run_dir = Path(distributed.broadcast_object(ctx, str(run_dir)))
+    cfg["run"]["device"] = str(ctx.device)
+    cfg["run"]["world_size"] = ctx.world_size
+    if ctx.is_main:
+        write_config(run_dir, cfg)
+        write_environment(run_dir, str(ctx.device), {"world_size": ctx.world_size})
+        log.info("run folder: %s", run_dir)
+    try:
+        task.train(cfg, run_dir, ctx)
+    except KeyboardInterrupt:
+        raise ConfigError(f"interrupted; continue with: pipelines run {args.task} --resume {run_dir}") from None
+    if ctx.is_main:
+        _summary(run_dir)
+        print(run_dir.resolve(), flush=True)
+    return 0
+
+
+def _summary(run_dir: Path) -> None:
+    import json
+
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return
+    metrics = json.loads(path.read_text())
+    for split in ("val", "test"):
+        m = metrics.get(split, {})
+        ci = m.get("ci95", {})
+        acc_ci = " [{:.3f}, {:.3f}]".format(*ci["accuracy"]) if ci.get("accuracy") else ""
+        auc = f"{m['roc_auc']:.3f}" if m.get("roc_auc") is not None else "n/a"
+        log.info("%s: accuracy %.3f%s, balanced accuracy %.3f, macro-F1 %.3f, ROC AUC %s (n=%d)", split,
+                 m["accuracy"], acc_ci, m["balanced_accuracy"], m["macro_f1"], auc, m["n"])
+    note = metrics.get("info", {}).get("note")
+    if note:
+        log.info("note: %s", note)
+
+
+def cmd_eval(args) -> int:
+    from pipelines.engine import distributed
+    from pipelines.engine.run_folder import check_run_dir, read_config, write_config
+    from pipelines.tasks import get_task
+
+    run_dir = check_run_dir(args.run_dir)
+    cfg = read_config(run_dir)
+    task = get_task(cfg.get("run", {}).get("task", ""))
+    if args.data_root:
+        cfg["data"]["root"] = str(Path(args.data_root).expanduser().resolve())
+        write_config(run_dir, cfg)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    ctx = distributed.setup(args.device)
+    task.evaluate(cfg, run_dir, ctx)
+    _summary(run_dir)
+    print(run_dir.resolve(), flush=True)
+    return 0
+
+
+def cmd_list(args) -> int:
+    from pipelines.tasks import TASKS, get_task
+
+    if args.what in ("all", "tasks"):
+        print("tasks:")
+        for name in TASKS:
+            print(f"  {name:12s} {get_task(name).DESCRIPTION}")
+    if args.what in ("all", "backbones"):
+        from pipelines.backbones import list_backbones
+
+        print("backbones:")
+        for name in list_backbones():
+            print(f"  {name}")
+    if args.what == "keys":
+        if not args.task:
+            raise ConfigError("'pipelines list keys' needs a task, e.g. pipelines list keys breakhis")
+        print(Path(get_task(args.task).__file__).with_suffix(".yaml").read_text(), end="")
+    return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    """DataLoader workers re-raise our errors wrapped in a traceback; keep the original message."""
+    text = str(exc).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(text.split())
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.captureWarnings(True)
+    try:
+        args = _build_parser().parse_args(argv)
+        return args.func(args)
+    except PipelinesError as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130

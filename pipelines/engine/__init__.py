@@ -1,0 +1,1 @@
+"""What every task shares: config-driven training, evaluation, metrics, run folders."""

@@ -1,0 +1,198 @@
+"""Training and evaluating an image classifier into a run folder: the part every classification task shares.
+
+A task module only has to turn its data set into a :class:`LabelledImages` table (one row per image,
+with its split and group); everything from here on - models, losses, sampling, training, metrics,
+predictions and plots - is the same for BreakHis, DFU and the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from pipelines.backbones import classifier_prefix, create_backbone, load_weights
+from pipelines.datasets.images import ImageTableDataset
+from pipelines.engine.distributed import Context
+from pipelines.engine.losses import build_loss, class_weights
+from pipelines.engine.metrics import breakdown, classification_metrics, grouped_metrics
+from pipelines.engine.plots import plot_confusion_matrix
+from pipelines.engine.run_folder import read_config, write_csv, write_json
+from pipelines.engine.trainer import Trainer, make_loader, predict
+from pipelines.errors import ConfigError, DataError, PipelinesError
+from pipelines.transforms.augment import build_transform
+
+__all__ = ["LabelledImages", "build_model", "train_classifier", "evaluate_classifier", "SPLITS"]
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class LabelledImages:
+    """One row per image: ``path`` (relative to ``root``), ``label`` (a class name), ``split``, ``group``,
+    plus any meta columns (magnification, subtype...), which end up in split.csv and predictions.csv.
+
+    Attributes:
+        breakdown: meta columns to report metrics per value of (e.g. ``["magnification"]``).
+        group_name: what a group is, for reports (``"patient"``).
+        aspect: width / height of the images, so training crops keep evaluation's shape.
+        stain: histology images get H&E stain jitter.
+    """
+
+    table: pd.DataFrame
+    root: Path
+    class_names: list[str]
+    breakdown: list[str] = field(default_factory=list)
+    group_name: str = "group"
+    aspect: float = 1.0
+    stain: bool = False
+
+    def __post_init__(self):
+        unknown = sorted(set(self.table["label"]) - set(self.class_names))
+        if unknown:
+            raise DataError(f"labels {unknown} are not among the classes {self.class_names}")
+
+    def part(self, split: str) -> pd.DataFrame:
+        return self.table[self.table["split"] == split]
+
+    def labels(self, split: str) -> np.ndarray:
+        index = {name: i for i, name in enumerate(self.class_names)}
+        return self.part(split)["label"].map(index).to_numpy(dtype=int)
+
+    def dataset(self, split: str, augment: str, image_size: int, cache: bool) -> ImageTableDataset:
+        rows = self.part(split)
+        return ImageTableDataset(
+            [self.root / p for p in rows["path"]],
+            self.labels(split),
+            build_transform(augment, image_size, self.aspect, self.stain),
+            cache_size=round(image_size * 1.25) if cache else None,
+        )
+
+    def check_files(self) -> None:
+        missing = [p for p in self.table["path"] if not (self.root / p).is_file()]
+        if missing:
+            raise DataError(
+                f"{len(missing)} image(s) of split.csv are not under {self.root}, e.g. {missing[0]}; "
+                "pass --data-root pointing at the data set the run was made with"
+            )
+
+
+def build_model(cfg: Mapping, num_classes: int) -> nn.Module:
+    """The task's backbone from the registry, with local weights or another run's body if asked."""
+    m = cfg["model"]
+    try:
+        model = create_backbone(
+            m["backbone"], num_classes=num_classes, in_chans=3, weights=m["weights"],
+            pretrained_hub=m["pretrained_hub"], drop_rate=m["drop_rate"],
+        )
+    except PipelinesError:
+        raise
+    except Exception as exc:
+        if not m["pretrained_hub"]:
+            raise
+        raise ConfigError(
+            f"could not fetch pretrained weights for {m['backbone']} ({type(exc).__name__}); "
+            "you may be offline: set model.pretrained_hub=false and model.weights=PATH"
+        ) from None
+    if m["init_from"]:
+        init_from_run(model, m["init_from"], m["backbone"])
+    return model
+
+
+def init_from_run(model: nn.Module, run_dir: str | Path, backbone: str) -> None:
+    """Start from another run's best weights except its head (binary -> 8-class transfer)."""
+    run_dir = Path(run_dir)
+    source = read_config(run_dir)
+    if source["model"]["backbone"] != backbone:
+        raise ConfigError(
+            f"model.init_from={run_dir} used backbone {source['model']['backbone']}, this run {backbone}; "
+            f"set model.backbone={source['model']['backbone']}"
+        )
+    weights = run_dir / "checkpoints" / "best.safetensors"
+    if not weights.is_file():
+        raise ConfigError(f"model.init_from={run_dir} has no checkpoints/best.safetensors; let it finish first")
+    skipped = load_weights(model, weights, skip_mismatched_prefix=classifier_prefix(model))
+    log.info("initialised from %s (kept fresh: %s)", weights, ", ".join(skipped) or "nothing")
+
+
+def _sample_weights(labels: np.ndarray, weights: torch.Tensor) -> torch.Tensor:
+    return weights[torch.as_tensor(labels)].double()
+
+
+def train_classifier(
+    data: LabelledImages, cfg: Mapping, run_dir: Path, ctx: Context,
+    on_epoch_end: Callable[[int], None] | None = None,
+) -> pd.DataFrame:
+    """Fit ``cfg["model"]`` on the train split, selecting on val; returns the history."""
+    d, t = cfg["data"], cfg["train"]
+    for split in SPLITS:
+        if data.part(split).empty:
+            raise DataError(f"the {split} split is empty; add data or change data.val_fraction/test_fraction")
+    train_labels = data.labels("train")
+    weights = class_weights(train_labels, data.class_names)
+    log.info(
+        "train %d / val %d / test %d images; class weights %s", len(train_labels), len(data.part("val")),
+        len(data.part("test")), dict(zip(data.class_names, [round(float(w), 3) for w in weights], strict=True)),
+    )
+    trainer = Trainer(
+        build_model(cfg, len(data.class_names)),
+        build_loss(t["loss"], weights if t["loss"] != "ce" else None, t["focal_gamma"]),
+        data.dataset("train", t["augment"], d["image_size"], d["cache_images"]),
+        data.dataset("val", "none", d["image_size"], d["cache_images"]),
+        data.class_names, cfg, run_dir, ctx,
+        sample_weights=_sample_weights(train_labels, weights) if t["sampler"] == "balanced" else None,
+        on_epoch_end=on_epoch_end,
+    )
+    return trainer.fit()
+
+
+def evaluate_classifier(data: LabelledImages, cfg: Mapping, run_dir: Path, ctx: Context,
+                        info: Mapping | None = None) -> dict:
+    """Best checkpoint on val and test: metrics.json, predictions.csv and the confusion-matrix plots."""
+    d, e = cfg["data"], cfg["eval"]
+    model = create_backbone(cfg["model"]["backbone"], num_classes=len(data.class_names), in_chans=3)
+    best = run_dir / "checkpoints" / "best.safetensors"
+    if not best.is_file():
+        raise ConfigError(f"{run_dir} has no checkpoints/best.safetensors; resume the run to finish training")
+    load_weights(model, best)
+    model.to(ctx.device)
+    channels_last = bool(cfg["train"]["channels_last"])
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    report: dict = {}
+    for split in ("val", "test"):
+        rows = data.part(split)
+        loader = make_loader(data.dataset(split, "none", d["image_size"], cache=False),
+                             e["batch_size"], d["workers"], int(cfg["seed"]), device=ctx.device)
+        probs = predict(model, loader, ctx.device, cfg["train"]["amp"], channels_last, desc=f"evaluate {split}")
+        y = data.labels(split)
+        metrics = classification_metrics(y, probs, data.class_names, bootstrap=e["bootstrap"], seed=int(cfg["seed"]))
+        metrics[f"{data.group_name}_level"] = grouped_metrics(y, probs, rows["group"], data.class_names)
+        for key in data.breakdown:
+            metrics[f"per_{key}"] = breakdown(y, probs, rows[key], data.class_names)
+        report[split] = metrics
+        if split == "test":
+            _write_predictions(run_dir, rows, probs, data.class_names)
+        plot_confusion_matrix(metrics["confusion_matrix"], data.class_names,
+                              run_dir / "plots" / f"confusion_matrix{'' if split == 'test' else '_val'}.png",
+                              title=split)
+    report["info"] = dict(info or {})
+    write_json(run_dir / "metrics.json", report)
+    return report
+
+
+def _write_predictions(run_dir: Path, rows: pd.DataFrame, probs: np.ndarray, class_names: list[str]) -> None:
+    out = rows.drop(columns=["split"]).reset_index(drop=True)
+    out["pred"] = [class_names[i] for i in probs.argmax(1)]
+    out["confidence"] = probs.max(1)
+    for i, name in enumerate(class_names):
+        out[f"prob_{name}"] = probs[:, i]
+    write_csv(run_dir / "predictions.csv", out)

@@ -1,0 +1,129 @@
+"""Classification metrics, one module for every task (scikit-learn underneath).
+
+``classification_metrics`` returns the dict stored under ``metrics.json``'s ``val`` and ``test``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
+
+__all__ = ["classification_metrics", "bootstrap_ci", "grouped_metrics", "breakdown"]
+
+
+def _macro_f1(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[int]) -> float:
+    return float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0))
+
+
+def roc_auc(y_true: np.ndarray, probs: np.ndarray) -> float | None:
+    """Binary: AUC of the last class's score; multi-class: macro one-vs-rest over the classes present.
+    None when fewer than two classes are present."""
+    present = np.unique(y_true)
+    if len(present) < 2:
+        return None
+    if probs.shape[1] == 2:
+        return float(roc_auc_score(y_true, probs[:, 1]))
+    scores = [roc_auc_score(y_true == c, probs[:, c]) for c in present]
+    return float(np.mean(scores))
+
+
+def bootstrap_ci(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    metric: Callable[[np.ndarray, np.ndarray], float],
+    n: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> list[float] | None:
+    """Percentile bootstrap interval of ``metric`` over samples drawn with replacement."""
+    if n <= 0 or len(y_true) == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(y_true), size=(n, len(y_true)))
+    values = np.array([metric(y_true[i], y_pred[i]) for i in idx])
+    lo, hi = np.quantile(values, [alpha / 2, 1 - alpha / 2])
+    return [float(lo), float(hi)]
+
+
+def classification_metrics(
+    y_true: Sequence[int],
+    probs: np.ndarray,
+    class_names: Sequence[str],
+    bootstrap: int = 0,
+    seed: int = 0,
+) -> dict:
+    """Accuracy, balanced accuracy, macro-F1, per-class P/R/F1, ROC AUC, confusion matrix (+ 95% CIs).
+
+    Example:
+        >>> m = classification_metrics([0, 1], np.array([[0.9, 0.1], [0.2, 0.8]]), ["a", "b"])
+        >>> m["accuracy"], m["confusion_matrix"]
+        (1.0, [[1, 0], [0, 1]])
+    """
+    y_true = np.asarray(y_true, dtype=int)
+    probs = np.asarray(probs, dtype=float)
+    y_pred = probs.argmax(1)
+    labels = list(range(len(class_names)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0
+    )
+    out = {
+        "n": len(y_true),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)) if len(y_true) else None,
+        "macro_f1": _macro_f1(y_true, y_pred, labels),
+        "roc_auc": roc_auc(y_true, probs),
+        "per_class": {
+            name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for name, p, r, f, s in zip(class_names, precision, recall, f1, support, strict=True)
+        },
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "class_names": list(class_names),
+    }
+    if bootstrap:
+        out["ci95"] = {
+            "accuracy": bootstrap_ci(y_true, y_pred, accuracy_score, bootstrap, seed),
+            "macro_f1": bootstrap_ci(y_true, y_pred, lambda t, p: _macro_f1(t, p, labels), bootstrap, seed),
+        }
+    return out
+
+
+def grouped_metrics(
+    y_true: Sequence[int], probs: np.ndarray, groups: Sequence, class_names: Sequence[str]
+) -> dict:
+    """Metrics after averaging each group's probabilities (patient-level scores).
+
+    A group's true label is its most frequent image label; its prediction is the argmax of its mean
+    probabilities.
+    """
+    frame = pd.DataFrame(np.asarray(probs), columns=range(len(class_names)))
+    frame["group"] = list(groups)
+    frame["y"] = np.asarray(y_true, dtype=int)
+    mean = frame.groupby("group")[list(range(len(class_names)))].mean()
+    truth = frame.groupby("group")["y"].agg(lambda s: s.value_counts().index[0])
+    result = classification_metrics(truth.loc[mean.index].to_numpy(), mean.to_numpy(), class_names)
+    return {k: result[k] for k in ("n", "accuracy", "balanced_accuracy", "macro_f1", "confusion_matrix")}
+
+
+def breakdown(
+    y_true: Sequence[int], probs: np.ndarray, keys: Sequence, class_names: Sequence[str]
+) -> dict:
+    """Image-level accuracy, balanced accuracy and macro-F1 separately for each value of ``keys``."""
+    y_true = np.asarray(y_true, dtype=int)
+    probs = np.asarray(probs)
+    keys = np.asarray([str(k) for k in keys])
+    out = {}
+    for key in sorted(set(keys), key=lambda k: (len(k), k)):
+        sel = keys == key
+        m = classification_metrics(y_true[sel], probs[sel], class_names)
+        out[key] = {k: m[k] for k in ("n", "accuracy", "balanced_accuracy", "macro_f1")}
+    return out

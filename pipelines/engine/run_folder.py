@@ -1,0 +1,153 @@
+"""The run folder: one per ``pipelines run``, the contract that dashboards, apps and later runs read.
+
+Layout::
+
+    RUN_DIR/
+      config.yaml        fully resolved config (written first)
+      environment.json   package versions, git revision, device
+      split.csv          every sample: path (relative to data.root), split, label, group, meta columns
+      history.csv        one row per epoch: losses, learning rate, validation metrics
+      metrics.json       {"val": {...}, "test": {...}}
+      predictions.csv    one row per test sample: path, label, pred, one prob_<class> column per class
+      checkpoints/       best.safetensors, last.safetensors, last_state.pt (optimizer etc., weights_only)
+      plots/             confusion_matrix.png, training_curves.png
+
+Every file is written atomically (temporary file + rename), so a killed run never leaves a half file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipelines.config import dump_yaml, load_yaml
+from pipelines.errors import ConfigError
+
+__all__ = [
+    "create_run_dir",
+    "atomic_write_text",
+    "atomic_write_bytes",
+    "write_json",
+    "write_csv",
+    "write_config",
+    "read_config",
+    "write_environment",
+    "check_run_dir",
+]
+
+_PACKAGES = (
+    "pipelines", "torch", "torchvision", "timm", "segmentation-models-pytorch", "albumentations",
+    "monai", "scikit-learn", "numpy", "pandas", "safetensors", "opencv-python-headless", "streamlit",
+)
+
+
+def create_run_dir(output: str | Path, task: str, name: str) -> Path:
+    """Create ``output/task/name``, ``name2``, ``name3``... (the first that is free), atomically."""
+    parent = Path(output) / task
+    parent.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 100_000):
+        run_dir = parent / (name if i == 1 else f"{name}{i}")
+        try:
+            run_dir.mkdir()
+        except FileExistsError:
+            continue
+        (run_dir / "checkpoints").mkdir()
+        (run_dir / "plots").mkdir()
+        return run_dir
+    raise ConfigError(f"too many runs in {parent}; pass a different --output")
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=True) + "\n")
+
+
+def write_csv(path: str | Path, frame: pd.DataFrame) -> None:
+    atomic_write_text(path, frame.to_csv(index=False))
+
+
+def write_config(run_dir: Path, cfg: Mapping) -> None:
+    atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+
+
+def check_run_dir(run_dir: str | Path) -> Path:
+    """A run folder given on the command line must exist and hold a config.yaml."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(
+            f"{run_dir} is not a run folder (no config.yaml); pass a folder printed by 'pipelines run'"
+        )
+    return run_dir
+
+
+def read_config(run_dir: str | Path) -> dict:
+    return load_yaml(check_run_dir(run_dir) / "config.yaml")
+
+
+def _git_revision() -> dict[str, Any]:
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here, capture_output=True, text=True, timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return {"revision": None, "dirty": None}
+    if rev.returncode != 0:
+        return {"revision": None, "dirty": None}
+    return {"revision": rev.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+
+
+def write_environment(run_dir: Path, device: str, extra: Mapping[str, Any] | None = None) -> None:
+    import torch
+
+    versions = {}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    env = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "command": sys.argv,
+        "packages": versions,
+        "git": _git_revision(),
+        "device": device,
+        "cuda_available": torch.cuda.is_available(),
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "torch_threads": torch.get_num_threads(),
+        **(extra or {}),
+    }
+    write_json(run_dir / "environment.json", env)

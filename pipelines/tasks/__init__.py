@@ -1,0 +1,29 @@
+"""Task registry: ``pipelines run TASK`` looks the task up here.
+
+A task module provides ``DESCRIPTION``, ``defaults() -> dict``, ``DEMO_OVERRIDES`` (dotted keys),
+``validate(cfg)``, ``prepare_demo(data_dir) -> Path``, ``train(cfg, run_dir, ctx)`` and
+``evaluate(cfg, run_dir, ctx)``. Modules are imported only when used, so one task's heavy
+dependencies never slow down another.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from types import ModuleType
+
+from pipelines.errors import ConfigError
+
+__all__ = ["TASKS", "get_task"]
+
+TASKS = {
+    "breakhis": "pipelines.tasks.breakhis",
+}
+
+
+def get_task(name: str) -> ModuleType:
+    if name not in TASKS:
+        close = difflib.get_close_matches(name, list(TASKS), n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else f"choose one of {', '.join(TASKS)}"
+        raise ConfigError(f"unknown task '{name}'; {hint}")
+    return importlib.import_module(TASKS[name])

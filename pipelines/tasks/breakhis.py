@@ -1,0 +1,150 @@
+"""BreakHis: benign/malignant or 8-subtype classification of breast histopathology images.
+
+Wiring only: the reader and splits come from :mod:`pipelines.datasets`, training and evaluation from
+:mod:`pipelines.engine.classification`. Patients never share splits unless ``data.split=image``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import pandas as pd
+
+from pipelines.config import check_choices, load_yaml
+from pipelines.datasets.breakhis import BENIGN, MAGNIFICATIONS, MALIGNANT, read_breakhis, read_folds
+from pipelines.datasets.breakhis_demo import write_demo_breakhis
+from pipelines.datasets.splits import check_disjoint, group_split, image_split
+from pipelines.engine.classification import LabelledImages, evaluate_classifier, train_classifier
+from pipelines.engine.distributed import Context
+from pipelines.engine.losses import LOSSES
+from pipelines.engine.run_folder import write_csv
+from pipelines.engine.trainer import MONITORS
+from pipelines.errors import DataError
+from pipelines.transforms.augment import AUGMENTATIONS
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = "breast histopathology (BreakHis): benign/malignant or 8 subtypes"
+SPLIT_COLUMNS = ["path", "split", "label", "group", "patient", "tumor_class", "subtype", "magnification",
+                 "sequence"]
+ASPECT = 700 / 460  # BreakHis images are 700x460
+
+# What `--demo` changes: small inputs, cached images, a short schedule that learns from scratch on a CPU.
+DEMO_OVERRIDES = {
+    "data.image_size": 96,
+    "data.cache_images": True,
+    "data.workers": 0,
+    "train.epochs": 10,
+    "train.batch_size": 32,
+    "train.lr": 0.002,
+    "train.augment": "standard",
+    "train.patience": 10,
+}
+
+CHOICES = {
+    "data.task": ("binary", "subtype"),
+    "data.magnification": ("all", *MAGNIFICATIONS),
+    "data.split": ("patient", "folds", "image"),
+    "train.monitor": MONITORS,
+    "train.loss": LOSSES,
+    "train.sampler": ("shuffle", "balanced"),
+    "train.augment": AUGMENTATIONS,
+}
+POSITIVE = ("data.image_size", "train.epochs", "train.batch_size", "train.lr", "train.patience",
+            "eval.batch_size", "data.fold")
+
+
+def defaults() -> dict:
+    return load_yaml(Path(__file__).with_name("breakhis.yaml"))
+
+
+def validate(cfg: Mapping) -> None:
+    check_choices(cfg, CHOICES, POSITIVE)
+    if cfg["data"]["split"] == "folds" and not cfg["data"]["folds_csv"]:
+        raise DataError("data.split=folds needs data.folds_csv=PATH to the Folds.csv file")
+
+
+def prepare_demo(data_dir: Path) -> Path:
+    """Write (once) the synthetic demo tree; returns the data root to use."""
+    return write_demo_breakhis(Path(data_dir) / "breakhis")
+
+
+def class_names(cfg: Mapping) -> list[str]:
+    return ["benign", "malignant"] if cfg["data"]["task"] == "binary" else BENIGN + MALIGNANT
+
+
+def _split(cfg: Mapping, frame: pd.DataFrame) -> pd.Series:
+    d, seed = cfg["data"], int(cfg["seed"])
+    if d["split"] == "image":
+        return image_split(frame["label"], d["val_fraction"], d["test_fraction"], seed)
+    fixed = None
+    if d["split"] == "folds":
+        folds = read_folds(d["folds_csv"], d["fold"])
+        names = frame["path"].map(lambda p: Path(p).name)
+        unknown = names[~names.isin(folds)]
+        if not unknown.empty:
+            raise DataError(f"{unknown.iloc[0]} is not listed in {d['folds_csv']}; use the Folds.csv of this data")
+        fixed = names.map(folds)
+    split = group_split(frame["label"], frame["group"], d["val_fraction"], d["test_fraction"], seed, fixed)
+    check_disjoint(split, frame["group"])
+    return split
+
+
+def build_split(cfg: Mapping) -> pd.DataFrame:
+    """Scan the tree, label every image for ``data.task``, and split it; columns ``SPLIT_COLUMNS``."""
+    d = cfg["data"]
+    frame = read_breakhis(d["root"], verify=d["verify_images"])
+    if d["magnification"] != "all":
+        frame = frame[frame["magnification"] == d["magnification"]].reset_index(drop=True)
+        if frame.empty:
+            raise DataError(f"no {d['magnification']}X images under {d['root']}; choose another data.magnification")
+    frame["label"] = frame["tumor_class"] if d["task"] == "binary" else frame["subtype"]
+    frame["split"] = _split(cfg, frame)
+    return frame[SPLIT_COLUMNS]
+
+
+def load_data(cfg: Mapping, run_dir: Path, ctx: Context) -> LabelledImages:
+    """The run's split.csv if it has one (resume, eval), else a new split written to it."""
+    path = run_dir / "split.csv"
+    if path.is_file():
+        table = pd.read_csv(path, dtype={"group": str, "patient": str, "magnification": str})
+    else:
+        table = build_split(cfg)
+        if ctx.is_main:
+            write_csv(path, table)
+    data = LabelledImages(table, Path(cfg["data"]["root"]), class_names(cfg), breakdown=["magnification"],
+                          group_name="patient", aspect=ASPECT, stain=True)
+    data.check_files()
+    return data
+
+
+def train(cfg: Mapping, run_dir: Path, ctx: Context, on_epoch_end: Callable[[int], None] | None = None) -> None:
+    data = load_data(cfg, run_dir, ctx)
+    counts = data.table.groupby("split")["group"].nunique().to_dict()
+    log.info("BreakHis %s: %d images, patients per split %s", cfg["data"]["task"], len(data.table), counts)
+    train_classifier(data, cfg, run_dir, ctx, on_epoch_end)
+    if ctx.is_main:
+        evaluate(cfg, run_dir, ctx)
+
+
+def evaluate(cfg: Mapping, run_dir: Path, ctx: Context) -> dict:
+    data = load_data(cfg, run_dir, ctx)
+    history = run_dir / "history.csv"
+    selected = None
+    if history.is_file():
+        frame = pd.read_csv(history)
+        best = frame[frame["best"]]
+        selected = int(best["epoch"].iloc[-1]) if not best.empty else None
+    info = {
+        "task": "breakhis",
+        "classes": cfg["data"]["task"],
+        "demo": bool(cfg["run"]["demo"]),
+        "selected_epoch": selected,
+        "monitor": f"val_{cfg['train']['monitor']}",
+        "split": cfg["data"]["split"],
+    }
+    if info["demo"]:
+        info["note"] = "SYNTHETIC demo data: these numbers say nothing about real histology"
+    return evaluate_classifier(data, cfg, run_dir, ctx, info)

@@ -1,0 +1,1 @@
+"""Albumentations pipelines and image corruptions."""
