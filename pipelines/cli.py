@@ -104,10 +104,13 @@ def cmd_run(args) -> int:
                      cfg["data"]["root"])
         cfg["data"]["root"] = str(Path(cfg["data"]["root"]).expanduser().resolve())
         cfg["run"] = {"task": args.task, "demo": bool(args.demo)}
+        data = task.load_data(cfg)  # before the run folder exists: bad data leaves nothing behind
         run_dir = None
         if ctx.is_main:
             run_dir = create_run_dir(args.output, args.task, args.name or ("demo" if args.demo else "train"))
         run_dir = Path(distributed.broadcast_object(ctx, str(run_dir)))
+    else:
+        data = None
     cfg["run"]["device"] = str(ctx.device)
     cfg["run"]["world_size"] = ctx.world_size
     if ctx.is_main:
@@ -115,7 +118,7 @@ def cmd_run(args) -> int:
         write_environment(run_dir, str(ctx.device), {"world_size": ctx.world_size})
         log.info("run folder: %s", run_dir)
     try:
-        task.train(cfg, run_dir, ctx)
+        task.train(cfg, run_dir, ctx, data)
     except KeyboardInterrupt:
         raise ConfigError(f"interrupted; continue with: pipelines run {args.task} --resume {run_dir}") from None
     if ctx.is_main:

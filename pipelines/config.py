@@ -104,6 +104,11 @@ def _coerce(dotted: str, value: Any, default: Any, source: str) -> Any:
     elif isinstance(default, int):
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif isinstance(default, float):
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
     elif isinstance(default, str):
@@ -127,7 +132,7 @@ def _coerce(dotted: str, value: Any, default: Any, source: str) -> Any:
 def merge(base: dict, override: Mapping, source: str, prefix: str = "") -> dict:
     """Deep-merge ``override`` into a copy of ``base``; keys must already exist in ``base``."""
     out = copy.deepcopy(base)
-    valid = flatten(base).keys() | {k for k in _all_prefixes(base)}
+    valid = _all_prefixes(base, prefix)
     for key, value in override.items():
         dotted = f"{prefix}{key}"
         if key not in out:

@@ -9,6 +9,7 @@ Example:
 
 from pipelines.backbones import timm_models  # noqa: F401  (registers the timm families)
 from pipelines.backbones.registry import (
+    check_backbone,
     classifier_prefix,
     create_backbone,
     list_backbones,
@@ -19,6 +20,7 @@ from pipelines.backbones.weights import load_weights, save_weights
 __all__ = [
     "create_backbone",
     "list_backbones",
+    "check_backbone",
     "register_backbone",
     "classifier_prefix",
     "load_weights",

@@ -16,7 +16,7 @@ from torch import nn
 
 from pipelines.errors import ConfigError
 
-__all__ = ["register_backbone", "create_backbone", "list_backbones", "classifier_prefix"]
+__all__ = ["register_backbone", "create_backbone", "list_backbones", "check_backbone", "classifier_prefix"]
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,8 @@ def list_backbones(pattern: str = "*") -> list[str]:
     return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
 
 
-def _entry(name: str) -> BackboneEntry:
+def check_backbone(name: str) -> BackboneEntry:
+    """The registry entry of ``name``; an unknown name is a ConfigError with close matches."""
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}?" if close else "run 'pipelines list backbones'"
@@ -67,7 +68,7 @@ def create_backbone(
     """
     from pipelines.backbones.weights import load_weights
 
-    entry = _entry(name)
+    entry = check_backbone(name)
     model = entry.builder(num_classes=num_classes, in_chans=in_chans, pretrained=pretrained_hub, **kwargs)
     if weights:
         load_weights(model, weights, skip_mismatched_prefix=classifier_prefix(model))

@@ -86,7 +86,7 @@ def _render(code: str, mag: str, tint: np.ndarray, rng: np.random.Generator) -> 
     return (img.clip(0, 1) * 255).astype(np.uint8)
 
 
-def write_demo_breakhis(root: str | Path, patients_per_subtype: int = 3, images_per_magnification: int = 5,
+def write_demo_breakhis(root: str | Path, patients_per_subtype: int = 4, images_per_magnification: int = 5,
                         seed: int = 0) -> Path:
     """Write ``root/BreaKHis_v1/histology_slides/breast/...`` unless a complete copy is there already.
 

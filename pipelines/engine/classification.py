@@ -8,7 +8,7 @@ predictions and plots - is the same for BreakHis, DFU and the rest.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from pipelines.backbones import classifier_prefix, create_backbone, load_weights
+from pipelines.backbones import check_backbone, classifier_prefix, create_backbone, load_weights
 from pipelines.datasets.images import ImageTableDataset
 from pipelines.engine.distributed import Context
 from pipelines.engine.losses import build_loss, class_weights
@@ -28,7 +28,7 @@ from pipelines.engine.trainer import Trainer, make_loader, predict
 from pipelines.errors import ConfigError, DataError, PipelinesError
 from pipelines.transforms.augment import build_transform
 
-__all__ = ["LabelledImages", "build_model", "train_classifier", "evaluate_classifier", "SPLITS"]
+__all__ = ["LabelledImages", "check_model_config", "build_model", "train_classifier", "evaluate_classifier", "SPLITS"]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,16 @@ class LabelledImages:
             )
 
 
+def check_model_config(cfg: Mapping) -> None:
+    """Fail before any work if the backbone, weights file or transfer source does not exist."""
+    m = cfg["model"]
+    check_backbone(m["backbone"])
+    if m["weights"] and not Path(m["weights"]).expanduser().is_file():
+        raise ConfigError(f"model.weights file not found: {m['weights']}; pass a .safetensors or .pt file")
+    if m["init_from"]:
+        read_config(m["init_from"])
+
+
 def build_model(cfg: Mapping, num_classes: int) -> nn.Module:
     """The task's backbone from the registry, with local weights or another run's body if asked."""
     m = cfg["model"]
@@ -127,10 +137,7 @@ def _sample_weights(labels: np.ndarray, weights: torch.Tensor) -> torch.Tensor:
     return weights[torch.as_tensor(labels)].double()
 
 
-def train_classifier(
-    data: LabelledImages, cfg: Mapping, run_dir: Path, ctx: Context,
-    on_epoch_end: Callable[[int], None] | None = None,
-) -> pd.DataFrame:
+def train_classifier(data: LabelledImages, cfg: Mapping, run_dir: Path, ctx: Context) -> pd.DataFrame:
     """Fit ``cfg["model"]`` on the train split, selecting on val; returns the history."""
     d, t = cfg["data"], cfg["train"]
     for split in SPLITS:
@@ -149,7 +156,6 @@ def train_classifier(
         data.dataset("val", "none", d["image_size"], d["cache_images"]),
         data.class_names, cfg, run_dir, ctx,
         sample_weights=_sample_weights(train_labels, weights) if t["sampler"] == "balanced" else None,
-        on_epoch_end=on_epoch_end,
     )
     return trainer.fit()
 

@@ -7,7 +7,7 @@ Wiring only: the reader and splits come from :mod:`pipelines.datasets`, training
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +16,12 @@ from pipelines.config import check_choices, load_yaml
 from pipelines.datasets.breakhis import BENIGN, MAGNIFICATIONS, MALIGNANT, read_breakhis, read_folds
 from pipelines.datasets.breakhis_demo import write_demo_breakhis
 from pipelines.datasets.splits import check_disjoint, group_split, image_split
-from pipelines.engine.classification import LabelledImages, evaluate_classifier, train_classifier
+from pipelines.engine.classification import (
+    LabelledImages,
+    check_model_config,
+    evaluate_classifier,
+    train_classifier,
+)
 from pipelines.engine.distributed import Context
 from pipelines.engine.losses import LOSSES
 from pipelines.engine.run_folder import write_csv
@@ -62,6 +67,7 @@ def defaults() -> dict:
 
 def validate(cfg: Mapping) -> None:
     check_choices(cfg, CHOICES, POSITIVE)
+    check_model_config(cfg)
     if cfg["data"]["split"] == "folds" and not cfg["data"]["folds_csv"]:
         raise DataError("data.split=folds needs data.folds_csv=PATH to the Folds.csv file")
 
@@ -105,32 +111,34 @@ def build_split(cfg: Mapping) -> pd.DataFrame:
     return frame[SPLIT_COLUMNS]
 
 
-def load_data(cfg: Mapping, run_dir: Path, ctx: Context) -> LabelledImages:
-    """The run's split.csv if it has one (resume, eval), else a new split written to it."""
-    path = run_dir / "split.csv"
-    if path.is_file():
+def load_data(cfg: Mapping, run_dir: Path | None = None) -> LabelledImages:
+    """The run's split.csv if it has one (resume, eval), else a new scan and split of ``data.root``."""
+    path = run_dir / "split.csv" if run_dir else None
+    if path and path.is_file():
         table = pd.read_csv(path, dtype={"group": str, "patient": str, "magnification": str})
     else:
         table = build_split(cfg)
-        if ctx.is_main:
-            write_csv(path, table)
     data = LabelledImages(table, Path(cfg["data"]["root"]), class_names(cfg), breakdown=["magnification"],
                           group_name="patient", aspect=ASPECT, stain=True)
     data.check_files()
     return data
 
 
-def train(cfg: Mapping, run_dir: Path, ctx: Context, on_epoch_end: Callable[[int], None] | None = None) -> None:
-    data = load_data(cfg, run_dir, ctx)
+def train(cfg: Mapping, run_dir: Path, ctx: Context, data: LabelledImages | None = None) -> None:
+    """Train into ``run_dir`` (continuing from its last checkpoint if it has one), then evaluate."""
+    data = data if data is not None else load_data(cfg, run_dir)
+    if ctx.is_main and not (run_dir / "split.csv").is_file():
+        write_csv(run_dir / "split.csv", data.table)
     counts = data.table.groupby("split")["group"].nunique().to_dict()
     log.info("BreakHis %s: %d images, patients per split %s", cfg["data"]["task"], len(data.table), counts)
-    train_classifier(data, cfg, run_dir, ctx, on_epoch_end)
+    train_classifier(data, cfg, run_dir, ctx)
     if ctx.is_main:
         evaluate(cfg, run_dir, ctx)
 
 
 def evaluate(cfg: Mapping, run_dir: Path, ctx: Context) -> dict:
-    data = load_data(cfg, run_dir, ctx)
+    """Best checkpoint on the run's own validation and test splits -> metrics.json, predictions.csv."""
+    data = load_data(cfg, run_dir)
     history = run_dir / "history.csv"
     selected = None
     if history.is_file():
