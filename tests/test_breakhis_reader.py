@@ -46,7 +46,7 @@ def test_empty_and_missing_roots(tmp_path):
 def test_foreign_png_in_tree_is_not_skipped(tiny_tree):
     folder = next(tiny_tree.rglob("40X"))
     (folder / "scan copy.png").write_bytes((folder / "SOB_B_A-14-22549AB-40-001.png").read_bytes())
-    with pytest.raises(DataError, match="unexpected file name 'scan copy.png'"):
+    with pytest.raises(DataError, match=r"unexpected file name 'scan copy\.png'"):
         read_breakhis(tiny_tree)
 
 

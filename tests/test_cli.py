@@ -20,7 +20,8 @@ def assert_one_line_error(code, err, match):
 
 
 @pytest.mark.parametrize("argv, match", [
-    (["run", "breakhis", "--set", "train.epoch=3"], "unknown config key 'train.epoch' in --set; did you mean train.epochs"),
+    (["run", "breakhis", "--set", "train.epoch=3"],
+     "unknown config key 'train.epoch' in --set; did you mean train.epochs"),
     (["run", "breakhis", "--set", "data.task=subtypes"], "choose one of binary, subtype"),
     (["run", "breakhis", "--set", "train.epochs=-1"], "greater than 0"),
     (["run", "breakhis", "--set", "model.backbone=efficientnet_b9"], "unknown backbone 'efficientnet_b9'"),

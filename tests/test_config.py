@@ -38,7 +38,7 @@ def test_config_file_merge_rejects_unknown_nested_key(tmp_path):
     assert merge(DEFAULTS, load_yaml(good), str(good))["train"]["epochs"] == 5
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  epocs: 5\n")
-    with pytest.raises(ConfigError, match="train.epocs.*train.epochs"):
+    with pytest.raises(ConfigError, match=r"train\.epocs.*train\.epochs"):
         merge(DEFAULTS, load_yaml(bad), str(bad))
     with pytest.raises(ConfigError, match="not found"):
         load_yaml(tmp_path / "missing.yaml")

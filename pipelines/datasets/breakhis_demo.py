@@ -70,7 +70,7 @@ def _render(code: str, mag: str, tint: np.ndarray, rng: np.random.Generator) -> 
             cv2.ellipse(mask, (int(x), int(y)), axes, np.degrees(a), 0, 360, 1.0, -1)
     for _ in range(papillae):
         x0, y0 = rng.integers(0, WIDTH), rng.integers(0, HEIGHT)
-        pts = np.cumsum(rng.normal(0, 18 * zoom, (12, 2)), 0) + (x0, y0)
+        pts = np.cumsum(rng.normal(0, 18 * zoom, (12, 2)), 0) + np.array([x0, y0])
         for x, y in pts:
             cv2.circle(mask, (int(x), int(y)), max(1, int(radius)), 1.0, -1)
     n = rng.poisson(density * WIDTH * HEIGHT / 10_000)
@@ -95,7 +95,8 @@ def write_demo_breakhis(root: str | Path, patients_per_subtype: int = 4, images_
     Returns ``root``.
     """
     root = Path(root)
-    marker = root / "BreaKHis_v1" / f".synthetic-demo-v{VERSION}-{patients_per_subtype}-{images_per_magnification}-{seed}"
+    recipe = f"v{VERSION}-{patients_per_subtype}-{images_per_magnification}-{seed}"
+    marker = root / "BreaKHis_v1" / f".synthetic-demo-{recipe}"
     if marker.is_file():
         return root
     tmp = root / ".BreaKHis_v1.partial"
