@@ -57,6 +57,9 @@ def test_demo_learns_and_writes_a_complete_run_folder(binary_run, breakhis_demo)
     history = pd.read_csv(binary_run / "history.csv")
     assert list(history["epoch"]) == list(range(1, len(history) + 1))
     assert {"train_loss", "val_loss", "val_balanced_accuracy"} <= set(history.columns)
+    # the final evaluation sees validation exactly as training did: same checkpoint, same preprocessing
+    selected = history[history["epoch"] == metrics["info"]["selected_epoch"]].iloc[0]
+    assert metrics["val"]["balanced_accuracy"] == pytest.approx(selected["val_balanced_accuracy"])
     cfg = yaml.safe_load((binary_run / "config.yaml").read_text())
     assert cfg["run"] == {"task": "breakhis", "demo": True, "device": "cpu", "world_size": 1}
     assert cfg["data"]["root"] == str(breakhis_demo.resolve())

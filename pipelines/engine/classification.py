@@ -176,7 +176,7 @@ def evaluate_classifier(data: LabelledImages, cfg: Mapping, run_dir: Path, ctx: 
     report: dict = {}
     for split in ("val", "test"):
         rows = data.part(split)
-        loader = make_loader(data.dataset(split, "none", d["image_size"], cache=False),
+        loader = make_loader(data.dataset(split, "none", d["image_size"], d["cache_images"]),
                              e["batch_size"], d["workers"], int(cfg["seed"]), device=ctx.device)
         probs = predict(model, loader, ctx.device, cfg["train"]["amp"], channels_last, desc=f"evaluate {split}")
         y = data.labels(split)

@@ -9,6 +9,7 @@ so what a model sees at test time matches training. ``aspect`` (width / height o
 from __future__ import annotations
 
 import albumentations as A
+import cv2
 import numpy as np
 from albumentations.pytorch import ToTensorV2
 
@@ -53,7 +54,7 @@ class StainJitter(A.ImageOnlyTransform):
 
 def _final(image_size: int) -> list:
     return [
-        A.Resize(image_size, image_size),
+        A.Resize(image_size, image_size, interpolation=cv2.INTER_AREA),  # no aliasing when shrinking
         A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
         ToTensorV2(),
     ]
@@ -75,6 +76,7 @@ def build_transform(kind: str, image_size: int, aspect: float = 1.0, stain: bool
         size=(image_size, image_size),
         scale=(0.5, 1.0) if kind == "standard" else (0.3, 1.0),
         ratio=ratio,
+        interpolation=cv2.INTER_AREA,
     )
     steps = [crop, A.HorizontalFlip(), A.VerticalFlip()]
     if kind == "standard":
