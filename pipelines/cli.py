@@ -96,6 +96,8 @@ def cmd_run(args) -> int:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     task.validate(cfg)
     ctx = distributed.setup(args.device)
+    if not ctx.is_main:
+        logging.getLogger().setLevel(logging.WARNING)  # one voice under torchrun
     if not args.resume:
         if args.demo and not args.data_root:
             cfg["data"]["root"] = str(task.prepare_demo(Path("data") / "demo")) if ctx.is_main else None
