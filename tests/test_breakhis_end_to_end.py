@@ -133,3 +133,10 @@ def test_killed_run_resumes_where_it_stopped(breakhis_demo, tmp_path, monkeypatc
     pd.testing.assert_frame_equal(history.iloc[:2], first)
     assert (run_dir / "metrics.json").is_file()
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(run_dir.resolve())
+
+
+def test_same_seed_same_run(breakhis_demo, tmp_path):
+    for name in ("a", "b"):
+        assert run(tmp_path, breakhis_demo, "--name", name, "--set", "train.epochs=1", *QUICK) == 0
+    a, b = (pd.read_csv(tmp_path / "runs" / "breakhis" / n / "history.csv") for n in ("a", "b"))
+    pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"))

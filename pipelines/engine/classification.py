@@ -24,7 +24,7 @@ from pipelines.engine.losses import build_loss, class_weights
 from pipelines.engine.metrics import breakdown, classification_metrics, grouped_metrics
 from pipelines.engine.plots import plot_confusion_matrix
 from pipelines.engine.run_folder import read_config, write_csv, write_json
-from pipelines.engine.trainer import Trainer, make_loader, predict
+from pipelines.engine.trainer import Trainer, make_loader, predict, seed_everything
 from pipelines.errors import ConfigError, DataError, PipelinesError
 from pipelines.transforms.augment import build_transform
 
@@ -149,6 +149,7 @@ def train_classifier(data: LabelledImages, cfg: Mapping, run_dir: Path, ctx: Con
         "train %d / val %d / test %d images; class weights %s", len(train_labels), len(data.part("val")),
         len(data.part("test")), dict(zip(data.class_names, [round(float(w), 3) for w in weights], strict=True)),
     )
+    seed_everything(int(cfg["seed"]))
     trainer = Trainer(
         build_model(cfg, len(data.class_names)),
         build_loss(t["loss"], weights if t["loss"] != "ce" else None, t["focal_gamma"]),

@@ -30,11 +30,20 @@ from pipelines.engine.plots import plot_history
 from pipelines.engine.run_folder import atomic_write_bytes, write_csv
 from pipelines.errors import DataError
 
-__all__ = ["Trainer", "EpochSampler", "predict", "make_loader", "MONITORS"]
+__all__ = ["Trainer", "EpochSampler", "predict", "make_loader", "seed_everything", "MONITORS"]
 
 log = logging.getLogger(__name__)
 
 MONITORS = ("balanced_accuracy", "accuracy", "macro_f1", "roc_auc", "loss")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (initialisation, dropout); shuffling has its own seeded sampler."""
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 class EpochSampler(Sampler[int]):
@@ -73,6 +82,8 @@ def _worker_init(seed: int, worker_id: int) -> None:
 
 def make_loader(dataset: Dataset, batch_size: int, workers: int, seed: int,
                 sampler: Sampler | None = None, device: torch.device | None = None) -> DataLoader:
+    if workers == 0 and hasattr(dataset, "reseed"):
+        dataset.reseed(seed)  # workers are reseeded in _worker_init
     return DataLoader(
         dataset,
         batch_size=batch_size,
