@@ -11,6 +11,7 @@ File names carry everything: ``SOB_B_A-14-22549AB-40-001.png`` is
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -18,6 +19,8 @@ import pandas as pd
 
 from pipelines.datasets.images import check_image_files
 from pipelines.errors import DataError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "SUBTYPES",
@@ -114,6 +117,9 @@ def read_breakhis(root: str | Path, verify: bool = True) -> pd.DataFrame:
             f"no BreakHis images (*.png) under {breast}; point --data-root at the folder that holds "
             "BreaKHis_v1 (or use --demo)"
         )
+    others = [p for p in files if p.suffix.lower() != ".png"]
+    if others:
+        log.warning("ignoring %d non-PNG file(s) in the tree, e.g. %s", len(others), others[0])
     rows = []
     for path in pngs:
         fields = parse_filename(path.name)
