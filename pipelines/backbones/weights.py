@@ -53,8 +53,10 @@ def load_weights(
             ):
                 skipped.append(key)
                 del state[key]
-    head = skip_mismatched_prefix or "\0"
-    missing = [k for k in own if k not in state and not k.startswith(head)]
+    def is_head(key: str) -> bool:
+        return bool(skip_mismatched_prefix) and key.startswith(skip_mismatched_prefix)
+
+    missing = [k for k in own if k not in state and not is_head(k)]
     unexpected = [k for k in state if k not in own]
     shape = [k for k in state if k in own and own[k].shape != state[k].shape]
     problems = []
