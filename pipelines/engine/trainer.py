@@ -13,7 +13,7 @@ import io
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -132,19 +132,16 @@ class Trainer:
         run_dir: the run folder.
         ctx: device and DDP rank.
         sample_weights: per-sample weights for a class-balanced sampler, or None to shuffle.
-        on_epoch_end: called with the epoch number after its checkpoint is committed (tests, hooks).
     """
 
     def __init__(self, model: nn.Module, loss_fn: nn.Module, train_set: Dataset, val_set: Dataset,
                  class_names: list[str], cfg: Mapping, run_dir: Path, ctx: Context,
-                 sample_weights: torch.Tensor | None = None,
-                 on_epoch_end: Callable[[int], None] | None = None):
+                 sample_weights: torch.Tensor | None = None):
         if len(val_set) == 0:
             raise DataError("the validation split is empty; raise data.val_fraction or add data")
         self.cfg, self.t = cfg, cfg["train"]
         self.run_dir, self.ctx = Path(run_dir), ctx
         self.class_names = class_names
-        self.on_epoch_end = on_epoch_end
         self.device = ctx.device
         self.channels_last = bool(self.t["channels_last"])
         self.model = model.to(self.device)
@@ -287,8 +284,6 @@ class Trainer:
                     val["loss"], self.monitor if self.monitor != "loss" else "loss", score,
                     " *" if improved else "", row["seconds"],
                 )
-            if self.on_epoch_end:
-                self.on_epoch_end(epoch)
             if stopped:
                 log.info("early stopping: no better val_%s for %d epochs", self.monitor, self.t["patience"])
         frame = pd.DataFrame(history)

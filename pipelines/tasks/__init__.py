@@ -2,7 +2,7 @@
 
 A task module provides ``DESCRIPTION``, ``defaults() -> dict``, ``DEMO_OVERRIDES`` (dotted keys),
 ``validate(cfg)``, ``prepare_demo(data_dir) -> Path``, ``load_data(cfg, run_dir=None)`` (scan and
-split, or the run's split.csv), ``train(cfg, run_dir, ctx, data=None)`` and ``evaluate(cfg, run_dir, ctx)``.
+split, or the run's split.csv), ``train(cfg, run_dir, ctx, data=None)`` and ``evaluate(cfg, run_dir, ctx, data=None)``.
 Modules are imported only when used, so one task's heavy dependencies never slow down another.
 """
 

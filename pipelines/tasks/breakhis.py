@@ -120,7 +120,8 @@ def load_data(cfg: Mapping, run_dir: Path | None = None) -> LabelledImages:
         table = build_split(cfg)
     data = LabelledImages(table, Path(cfg["data"]["root"]), class_names(cfg), breakdown=["magnification"],
                           group_name="patient", aspect=ASPECT, stain=True)
-    data.check_files()
+    if path and path.is_file():
+        data.check_files()  # the data may have moved since the split was written
     return data
 
 
@@ -133,12 +134,12 @@ def train(cfg: Mapping, run_dir: Path, ctx: Context, data: LabelledImages | None
     log.info("BreakHis %s: %d images, patients per split %s", cfg["data"]["task"], len(data.table), counts)
     train_classifier(data, cfg, run_dir, ctx)
     if ctx.is_main:
-        evaluate(cfg, run_dir, ctx)
+        evaluate(cfg, run_dir, ctx, data)
 
 
-def evaluate(cfg: Mapping, run_dir: Path, ctx: Context) -> dict:
+def evaluate(cfg: Mapping, run_dir: Path, ctx: Context, data: LabelledImages | None = None) -> dict:
     """Best checkpoint on the run's own validation and test splits -> metrics.json, predictions.csv."""
-    data = load_data(cfg, run_dir)
+    data = data if data is not None else load_data(cfg, run_dir)
     history = run_dir / "history.csv"
     selected = None
     if history.is_file():
