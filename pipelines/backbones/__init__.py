@@ -2,13 +2,18 @@
 
 Example:
     >>> from pipelines.backbones import create_backbone
-    >>> model = create_backbone("efficientnet_b0", num_classes=2)
+    >>> model = create_backbone("efficientvim_m1", num_classes=2)
     >>> model(torch.zeros(1, 3, 224, 224)).shape
     torch.Size([1, 2])
+    >>> features = create_backbone("efficientnet_b0", features_only=True)
+    >>> features.feature_info.channels()
+    [16, 24, 40, 112, 320]
 """
 
-from pipelines.backbones import timm_models  # noqa: F401  (registers the timm families)
+from pipelines.backbones import efficientvim, timm_models  # noqa: F401  (register the families)
 from pipelines.backbones.registry import (
+    FeatureInfo,
+    backbone_entries,
     check_backbone,
     classifier_prefix,
     create_backbone,
@@ -20,9 +25,11 @@ from pipelines.backbones.weights import load_weights, save_weights
 __all__ = [
     "create_backbone",
     "list_backbones",
+    "backbone_entries",
     "check_backbone",
     "register_backbone",
     "classifier_prefix",
+    "FeatureInfo",
     "load_weights",
     "save_weights",
 ]

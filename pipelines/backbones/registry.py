@@ -1,13 +1,15 @@
 """Backbone registry keyed by name, in the manner of timm's ``register_model``.
 
-A builder is a function ``(num_classes, in_chans, pretrained, **kwargs) -> nn.Module``; the registered
-model must expose timm's ``get_classifier()`` so transfer code can tell the head from the body.
+A builder is a function ``(num_classes, in_chans, pretrained, **kwargs) -> nn.Module``. A classifier must
+expose timm's ``get_classifier()`` so transfer code can tell the head from the body; a feature extractor
+(``features_only=True``) returns a list of maps and exposes ``feature_info`` (channels and reductions).
 """
 
 from __future__ import annotations
 
 import difflib
 import fnmatch
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,62 +18,120 @@ from torch import nn
 
 from pipelines.errors import ConfigError
 
-__all__ = ["register_backbone", "create_backbone", "list_backbones", "check_backbone", "classifier_prefix"]
+__all__ = [
+    "BackboneEntry", "FeatureInfo", "register_backbone", "create_backbone", "list_backbones", "check_backbone",
+    "classifier_prefix",
+]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class BackboneEntry:
+    """A registered backbone.
+
+    Attributes:
+        family: where it comes from, e.g. ``timm/efficientnet`` or ``native/efficientvim``.
+        input_size: the only (square) input side the model accepts, or None for any size.
+        sized_at_build: the model is built for one input size (attention biases), so ``img_size`` is passed on.
+    """
+
     name: str
     family: str
     builder: Callable[..., nn.Module]
+    input_size: int | None = None
+    sized_at_build: bool = False
+
+
+class FeatureInfo:
+    """Channels, reduction (stride) and module name of each feature map, as timm's ``feature_info`` gives."""
+
+    def __init__(self, levels: list[tuple[int, int, str]]):
+        self.levels = list(levels)
+
+    def channels(self) -> list[int]:
+        return [c for c, _, _ in self.levels]
+
+    def reduction(self) -> list[int]:
+        return [r for _, r, _ in self.levels]
+
+    def module_name(self) -> list[str]:
+        return [m for _, _, m in self.levels]
 
 
 _REGISTRY: dict[str, BackboneEntry] = {}
 
 
-def register_backbone(name: str, family: str, builder: Callable[..., nn.Module]) -> None:
+def register_backbone(name: str, family: str, builder: Callable[..., nn.Module], input_size: int | None = None,
+                      sized_at_build: bool = False) -> None:
     if name in _REGISTRY:
         raise RuntimeError(f"backbone '{name}' is registered twice")
-    _REGISTRY[name] = BackboneEntry(name, family, builder)
+    _REGISTRY[name] = BackboneEntry(name, family, builder, input_size, sized_at_build)
 
 
 def list_backbones(pattern: str = "*") -> list[str]:
     return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
 
 
-def check_backbone(name: str) -> BackboneEntry:
-    """The registry entry of ``name``; an unknown name is a ConfigError with close matches."""
+def backbone_entries() -> list[BackboneEntry]:
+    return [_REGISTRY[n] for n in list_backbones()]
+
+
+def check_backbone(name: str, img_size: int | None = None) -> BackboneEntry:
+    """The registry entry of ``name``; an unknown name, or an input size the model cannot take, is a
+    ConfigError that says what to change."""
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}?" if close else "run 'pipelines list backbones'"
         raise ConfigError(f"unknown backbone '{name}'; {hint}")
-    return _REGISTRY[name]
+    entry = _REGISTRY[name]
+    if entry.input_size and img_size and img_size != entry.input_size:
+        raise ConfigError(
+            f"backbone {name} takes {entry.input_size}x{entry.input_size} inputs only, not {img_size}; "
+            f"set the image size to {entry.input_size} or pick another backbone"
+        )
+    if entry.sized_at_build and img_size and img_size % 32:
+        raise ConfigError(f"backbone {name} needs an input size divisible by 32, not {img_size}")
+    return entry
 
 
 def create_backbone(
     name: str,
-    num_classes: int,
+    num_classes: int = 1000,
     in_chans: int = 3,
     weights: str | Path | None = None,
+    features_only: bool = False,
+    img_size: int | None = None,
     pretrained_hub: bool = False,
     **kwargs,
 ) -> nn.Module:
-    """Build a registered backbone with a fresh ``num_classes`` head.
+    """Build a registered backbone.
 
     Args:
         name: registry name, e.g. ``"efficientnet_b0"`` (``pipelines list backbones``).
-        num_classes: classes of the new head.
+        num_classes: classes of the new head (ignored with ``features_only``).
         in_chans: input channels (1 for grey scans, 3 for RGB).
         weights: optional local weights (safetensors or a ``weights_only`` state dict). Head tensors whose
-            shape does not fit ``num_classes`` are left at their fresh initialisation.
+            shape does not fit ``num_classes`` keep their fresh initialisation; a feature extractor takes
+            a classifier's file and leaves its head out.
+        features_only: return multi-scale feature maps (a list, fine to coarse) instead of logits.
+        img_size: the square input side, for models built for one size (EfficientFormer); checked.
         pretrained_hub: download the library's pretrained weights; needs the network, so only on request.
     """
     from pipelines.backbones.weights import load_weights
 
-    entry = check_backbone(name)
+    entry = check_backbone(name, img_size)
+    if entry.sized_at_build:
+        kwargs["img_size"] = img_size or entry.input_size or 224
+    if features_only:
+        kwargs["features_only"] = True
     model = entry.builder(num_classes=num_classes, in_chans=in_chans, pretrained=pretrained_hub, **kwargs)
     if weights:
-        load_weights(model, weights, skip_mismatched_prefix=classifier_prefix(model))
+        if features_only:
+            ignored = load_weights(model, weights, allow_unexpected=True)
+            log.info("feature extractor %s: left out %d head tensor(s) of %s", name, len(ignored), weights)
+        else:
+            load_weights(model, weights, skip_mismatched_prefix=classifier_prefix(model))
     return model
 
 

@@ -35,13 +35,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_weights(
-    model: nn.Module, path: str | Path, skip_mismatched_prefix: str | None = None
+    model: nn.Module, path: str | Path, skip_mismatched_prefix: str | None = None, allow_unexpected: bool = False
 ) -> list[str]:
     """Load ``path`` into ``model`` strictly, except the head (``skip_mismatched_prefix``).
 
     Head tensors that are absent or of another shape (a 1000-class ImageNet head on a 2-class model)
-    keep their fresh initialisation; their keys are returned. Any other missing, unexpected or mis-shaped key is a
-    WeightsError naming the keys.
+    keep their fresh initialisation; their keys are returned. ``allow_unexpected`` lets a feature extractor
+    take a classifier's file: keys the model does not have are left out and returned. Any other missing,
+    unexpected or mis-shaped key is a WeightsError naming the keys.
     """
     state = read_state_dict(path)
     own = model.state_dict()
@@ -58,6 +59,10 @@ def load_weights(
 
     missing = [k for k in own if k not in state and not is_head(k)]
     unexpected = [k for k in state if k not in own]
+    if allow_unexpected:
+        skipped += unexpected
+        state = {k: v for k, v in state.items() if k in own}
+        unexpected = []
     shape = [k for k in state if k in own and own[k].shape != state[k].shape]
     problems = []
     for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shape)):

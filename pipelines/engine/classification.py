@@ -7,6 +7,7 @@ predictions and plots - is the same for BreakHis, DFU and the rest.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,12 +24,15 @@ from pipelines.engine.distributed import Context
 from pipelines.engine.losses import build_loss, class_weights
 from pipelines.engine.metrics import breakdown, classification_metrics, grouped_metrics
 from pipelines.engine.plots import plot_confusion_matrix
-from pipelines.engine.run_folder import read_config, write_csv, write_json
+from pipelines.engine.run_folder import check_run_dir, read_config, write_csv, write_json
 from pipelines.engine.trainer import Trainer, make_loader, predict, seed_everything
 from pipelines.errors import ConfigError, DataError, PipelinesError
-from pipelines.transforms.augment import build_transform
+from pipelines.transforms.augment import IMAGENET_MEAN, IMAGENET_STD, build_transform
 
-__all__ = ["LabelledImages", "check_model_config", "build_model", "train_classifier", "evaluate_classifier", "SPLITS"]
+__all__ = [
+    "LabelledImages", "TrainedClassifier", "check_model_config", "build_model", "load_best_model",
+    "load_trained_classifier", "train_classifier", "evaluate_classifier", "SPLITS",
+]
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +92,7 @@ class LabelledImages:
 def check_model_config(cfg: Mapping) -> None:
     """Fail before any work if the backbone, weights file or transfer source does not exist."""
     m = cfg["model"]
-    check_backbone(m["backbone"])
+    check_backbone(m["backbone"], cfg["data"]["image_size"])
     if m["weights"] and not Path(m["weights"]).expanduser().is_file():
         raise ConfigError(f"model.weights file not found: {m['weights']}; pass a .safetensors or .pt file")
     if m["init_from"]:
@@ -101,7 +105,7 @@ def build_model(cfg: Mapping, num_classes: int) -> nn.Module:
     try:
         model = create_backbone(
             m["backbone"], num_classes=num_classes, in_chans=3, weights=m["weights"],
-            pretrained_hub=m["pretrained_hub"], drop_rate=m["drop_rate"],
+            img_size=cfg["data"]["image_size"], pretrained_hub=m["pretrained_hub"], drop_rate=m["drop_rate"],
         )
     except PipelinesError:
         raise
@@ -115,6 +119,42 @@ def build_model(cfg: Mapping, num_classes: int) -> nn.Module:
     if m["init_from"]:
         init_from_run(model, m["init_from"], m["backbone"])
     return model
+
+
+def load_best_model(cfg: Mapping, run_dir: Path, num_classes: int) -> nn.Module:
+    """The run's backbone with its best checkpoint, in eval mode."""
+    model = create_backbone(cfg["model"]["backbone"], num_classes=num_classes, in_chans=3,
+                            img_size=cfg["data"]["image_size"])
+    best = Path(run_dir) / "checkpoints" / "best.safetensors"
+    if not best.is_file():
+        raise ConfigError(f"{run_dir} has no checkpoints/best.safetensors; resume the run to finish training")
+    load_weights(model, best)
+    return model.eval()
+
+
+@dataclass
+class TrainedClassifier:
+    """A finished run's model and what it takes to feed it: what exports, apps and benchmarks need."""
+
+    model: nn.Module
+    backbone: str
+    class_names: list[str]
+    image_size: int
+    in_chans: int = 3
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+
+def load_trained_classifier(run_dir: str | Path) -> TrainedClassifier:
+    """Rebuild a finished classification run's best model from its folder alone."""
+    run_dir = check_run_dir(run_dir)
+    cfg = read_config(run_dir)
+    metrics = run_dir / "metrics.json"
+    if not metrics.is_file():
+        raise ConfigError(f"{run_dir} has no metrics.json; let the run finish or run 'pipelines eval {run_dir}'")
+    class_names = json.loads(metrics.read_text())["val"]["class_names"]
+    model = load_best_model(cfg, run_dir, len(class_names))
+    return TrainedClassifier(model, cfg["model"]["backbone"], class_names, int(cfg["data"]["image_size"]))
 
 
 def init_from_run(model: nn.Module, run_dir: str | Path, backbone: str) -> None:
@@ -165,12 +205,7 @@ def evaluate_classifier(data: LabelledImages, cfg: Mapping, run_dir: Path, ctx: 
                         info: Mapping | None = None) -> dict:
     """Best checkpoint on val and test: metrics.json, predictions.csv and the confusion-matrix plots."""
     d, e = cfg["data"], cfg["eval"]
-    model = create_backbone(cfg["model"]["backbone"], num_classes=len(data.class_names), in_chans=3)
-    best = run_dir / "checkpoints" / "best.safetensors"
-    if not best.is_file():
-        raise ConfigError(f"{run_dir} has no checkpoints/best.safetensors; resume the run to finish training")
-    load_weights(model, best)
-    model.to(ctx.device)
+    model = load_best_model(cfg, run_dir, len(data.class_names)).to(ctx.device)
     channels_last = bool(cfg["train"]["channels_last"])
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -17,13 +17,14 @@ Every file is written atomically (temporary file + rename), so a killed run neve
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from pipelines.errors import ConfigError
 
 __all__ = [
     "create_run_dir",
+    "atomic_path",
     "atomic_write_text",
     "atomic_write_bytes",
     "write_json",
@@ -44,6 +46,9 @@ __all__ = [
     "write_environment",
     "check_run_dir",
 ]
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 _PACKAGES = (
     "pipelines", "torch", "torchvision", "timm", "segmentation-models-pytorch", "albumentations",
@@ -67,19 +72,29 @@ def create_run_dir(output: str | Path, task: str, name: str) -> Path:
     raise ConfigError(f"too many runs in {parent}; pass a different --output")
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; renamed onto ``path`` only if the block succeeds.
+
+    Readers never see a half-written file, and a failure leaves the old file (or none) in place.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; others (a dashboard) should read it
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
