@@ -40,3 +40,25 @@ def tiny_tree(tmp_path) -> Path:
     for seq in (1, 2):
         Image.fromarray(np.full((46, 70, 3), 200, np.uint8)).save(folder / f"SOB_B_A-14-22549AB-40-00{seq}.png")
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """A finished BreakHis run folder (binary, EfficientNet-B0 at 64 px) without the training: what
+    exports, apps and dashboards read."""
+    import torch
+
+    from pipelines.backbones import create_backbone, save_weights
+    from pipelines.config import set_key
+    from pipelines.engine.run_folder import create_run_dir, write_config, write_json
+    from pipelines.tasks import get_task
+
+    cfg = get_task("breakhis").defaults()
+    set_key(cfg, "data.image_size", 64)
+    cfg["run"] = {"task": "breakhis", "demo": True, "device": "cpu", "world_size": 1}
+    run_dir = create_run_dir(tmp_path_factory.mktemp("runs"), "breakhis", "trained")
+    write_config(run_dir, cfg)
+    torch.manual_seed(0)
+    save_weights(create_backbone("efficientnet_b0", num_classes=2), run_dir / "checkpoints" / "best.safetensors")
+    write_json(run_dir / "metrics.json", {"val": {"class_names": ["benign", "malignant"]}, "test": {}, "info": {}})
+    return run_dir

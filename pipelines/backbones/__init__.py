@@ -15,8 +15,8 @@ from pipelines.backbones.registry import (
     FeatureInfo,
     backbone_entries,
     check_backbone,
-    classifier_prefix,
     create_backbone,
+    head_prefixes,
     list_backbones,
     register_backbone,
 )
@@ -28,7 +28,7 @@ __all__ = [
     "backbone_entries",
     "check_backbone",
     "register_backbone",
-    "classifier_prefix",
+    "head_prefixes",
     "FeatureInfo",
     "load_weights",
     "save_weights",

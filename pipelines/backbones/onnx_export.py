@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,8 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, int,
     with atomic_path(path) as tmp:
         quiet = io.StringIO()  # the exporter narrates its passes on stdout and in INFO logs
         with contextlib.redirect_stdout(quiet), _quiet_loggers("onnxscript", "onnx_ir", "torch.onnx"), \
-                torch.no_grad():
+                warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # exporter internals (timm's bias caches), nothing a user can act on
             torch.onnx.export(
                 model, (example,), str(tmp), dynamo=True, opset_version=opset, input_names=["image"],
                 output_names=["output"], dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),

@@ -20,7 +20,7 @@ from pipelines.errors import ConfigError
 
 __all__ = [
     "BackboneEntry", "FeatureInfo", "register_backbone", "create_backbone", "list_backbones", "check_backbone",
-    "classifier_prefix",
+    "head_prefixes",
 ]
 
 log = logging.getLogger(__name__)
@@ -131,14 +131,17 @@ def create_backbone(
             ignored = load_weights(model, weights, allow_unexpected=True)
             log.info("feature extractor %s: left out %d head tensor(s) of %s", name, len(ignored), weights)
         else:
-            load_weights(model, weights, skip_mismatched_prefix=classifier_prefix(model))
+            load_weights(model, weights, head_prefixes=head_prefixes(model))
     return model
 
 
-def classifier_prefix(model: nn.Module) -> str:
-    """State-dict prefix of the model's classification head (``"classifier."`` for EfficientNet)."""
-    head = model.get_classifier()
-    for module_name, module in model.named_modules():
-        if module is head:
-            return module_name + "."
-    raise RuntimeError(f"{type(model).__name__}.get_classifier() is not a submodule")
+def head_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """State-dict prefixes of the model's classification head(s): ``("classifier.",)`` for EfficientNet,
+    ``("head.", "head_dist.")`` for EfficientFormer's distilled pair."""
+    heads = model.get_classifier()
+    heads = heads if isinstance(heads, tuple) else (heads,)
+    names = {id(module): name for name, module in model.named_modules()}
+    missing = [h for h in heads if id(h) not in names]
+    if missing:
+        raise RuntimeError(f"{type(model).__name__}.get_classifier() is not a submodule")
+    return tuple(names[id(h)] + "." for h in heads)

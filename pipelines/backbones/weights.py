@@ -35,9 +35,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_weights(
-    model: nn.Module, path: str | Path, skip_mismatched_prefix: str | None = None, allow_unexpected: bool = False
+    model: nn.Module, path: str | Path, head_prefixes: tuple[str, ...] = (), allow_unexpected: bool = False
 ) -> list[str]:
-    """Load ``path`` into ``model`` strictly, except the head (``skip_mismatched_prefix``).
+    """Load ``path`` into ``model`` strictly, except the head (keys starting with one of ``head_prefixes``).
 
     Head tensors that are absent or of another shape (a 1000-class ImageNet head on a 2-class model)
     keep their fresh initialisation; their keys are returned. ``allow_unexpected`` lets a feature extractor
@@ -47,15 +47,15 @@ def load_weights(
     state = read_state_dict(path)
     own = model.state_dict()
     skipped = []
-    if skip_mismatched_prefix:
+    if head_prefixes:
         for key in list(state):
-            if key.startswith(skip_mismatched_prefix) and (
+            if key.startswith(head_prefixes) and (
                 key not in own or own[key].shape != state[key].shape
             ):
                 skipped.append(key)
                 del state[key]
     def is_head(key: str) -> bool:
-        return bool(skip_mismatched_prefix) and key.startswith(skip_mismatched_prefix)
+        return bool(head_prefixes) and key.startswith(head_prefixes)
 
     missing = [k for k in own if k not in state and not is_head(k)]
     unexpected = [k for k in state if k not in own]

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from pipelines.backbones import check_backbone, classifier_prefix, create_backbone, load_weights
+from pipelines.backbones import check_backbone, create_backbone, head_prefixes, load_weights
 from pipelines.datasets.images import ImageTableDataset
 from pipelines.engine.distributed import Context
 from pipelines.engine.losses import build_loss, class_weights
@@ -169,7 +169,7 @@ def init_from_run(model: nn.Module, run_dir: str | Path, backbone: str) -> None:
     weights = run_dir / "checkpoints" / "best.safetensors"
     if not weights.is_file():
         raise ConfigError(f"model.init_from={run_dir} has no checkpoints/best.safetensors; let it finish first")
-    skipped = load_weights(model, weights, skip_mismatched_prefix=classifier_prefix(model))
+    skipped = load_weights(model, weights, head_prefixes=head_prefixes(model))
     log.info("initialised from %s (kept fresh: %s)", weights, ", ".join(skipped) or "nothing")
 
 

@@ -1,0 +1,85 @@
+"""The inference path: BatchNorm fusion for every backbone, channels-last, ONNX export with parity."""
+
+import json
+
+import pytest
+import torch
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from pipelines.backbones import create_backbone, list_backbones
+from pipelines.backbones.inference import fuse_batchnorm, prepare_for_inference
+from pipelines.backbones.onnx_export import OnnxRunner, export_onnx
+from pipelines.errors import PipelinesError
+from tests.test_backbones import FAMILY_SAMPLES, input_side
+
+pytest.importorskip("onnxruntime")
+
+
+def trained_looking(name: str, side: int) -> torch.nn.Module:
+    """A backbone whose BatchNorm statistics and affine maps are not the identity, as after training."""
+    torch.manual_seed(0)
+    model = create_backbone(name, num_classes=10, img_size=side if name.startswith("efficientformerv2") else None)
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, _BatchNorm):
+            m.running_mean.uniform_(-0.1, 0.1, generator=g)
+            m.running_var.uniform_(0.8, 1.2, generator=g)
+            if m.affine:
+                m.weight.data.uniform_(0.8, 1.2, generator=g)
+                m.bias.data.uniform_(-0.1, 0.1, generator=g)
+        elif isinstance(m, torch.nn.Linear):
+            m.weight.data.normal_(0, 0.05, generator=g)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_fused_model_equals_the_unfused_one(name):
+    side = input_side(name)
+    model = trained_looking(name, side)
+    fused, report = fuse_batchnorm(model)
+    x = torch.randn(2, 3, side, side)
+    with torch.no_grad():
+        expected, got = model(x), fused(x)
+    assert report.before > 0 and report.after < report.before, report
+    assert expected.abs().max() > 0.05
+    assert (got - expected).abs().max() < 1e-4
+    assert any(isinstance(m, _BatchNorm) for m in model.modules())  # the original is left as it was
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "efficientvim_m1", "tiny_vit_5m"])
+def test_prepared_model_with_channels_last_inputs(name):
+    model = trained_looking(name, 64)
+    fast = prepare_for_inference(model, fuse=True, channels_last=True)
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        got = fast(x.contiguous(memory_format=torch.channels_last))
+        assert (got - model(x)).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("name", FAMILY_SAMPLES)
+def test_onnx_export_matches_pytorch(name, tmp_path):
+    side = input_side(name)
+    model, _ = fuse_batchnorm(trained_looking(name, side))
+    path = tmp_path / f"{name}.onnx"
+    diff, scale = export_onnx(model, path, (3, side, side))
+    assert path.is_file() and diff < 1e-4 * max(1, scale)
+    x = torch.randn(5, 3, side, side)  # a batch size never traced
+    with torch.no_grad():
+        assert abs(OnnxRunner(path)(x.numpy()) - model(x).numpy()).max() < 1e-4 * max(1, scale)
+
+
+def test_onnx_export_that_fails_parity_leaves_no_file(tmp_path):
+    model = trained_looking("efficientnet_b0", 64)
+    with pytest.raises(PipelinesError, match="differs from PyTorch"):
+        export_onnx(model, tmp_path / "m.onnx", (3, 64, 64), tolerance=-1.0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_command_writes_onnx_and_its_description(tmp_path, trained_run):
+    from pipelines.cli import main
+
+    assert main(["export", str(trained_run), "--output", str(tmp_path / "out")]) == 0
+    meta = json.loads((tmp_path / "out" / "model.json").read_text())
+    assert meta["class_names"] == ["benign", "malignant"] and meta["input"]["shape"][1:] == [3, 64, 64]
+    assert meta["batchnorm_fused"] > 0 and meta["parity"]["max_abs_diff"] < 1e-3
+    assert (tmp_path / "out" / "model.onnx").stat().st_size > 1e6
