@@ -210,11 +210,12 @@ def cmd_list(args) -> int:
         for name in TASKS:
             print(f"  {name:12s} {get_task(name).DESCRIPTION}")
     if args.what in ("all", "backbones"):
-        from pipelines.backbones import list_backbones
+        from pipelines.backbones import backbone_entries
 
         print("backbones:")
-        for name in list_backbones():
-            print(f"  {name}")
+        for entry in backbone_entries():
+            size = f"  ({entry.input_size} px only)" if entry.input_size else ""
+            print(f"  {entry.name:24s} {entry.family}{size}")
     if args.what == "keys":
         if not args.task:
             raise ConfigError("'pipelines list keys' needs a task, e.g. pipelines list keys breakhis")

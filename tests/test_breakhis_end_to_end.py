@@ -140,3 +140,19 @@ def test_same_seed_same_run(breakhis_demo, tmp_path):
         assert run(tmp_path, breakhis_demo, "--name", name, "--set", "train.epochs=1", *QUICK) == 0
     a, b = (pd.read_csv(tmp_path / "runs" / "breakhis" / n / "history.csv") for n in ("a", "b"))
     pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"))
+
+
+def test_efficientvim_learns_through_the_pipeline_and_exports(breakhis_demo, tmp_path, capsys):
+    """A native backbone end to end: `--set model.backbone=efficientvim_m1`, then `pipelines export`."""
+    code = run(tmp_path, breakhis_demo, "--set", "model.backbone=efficientvim_m1", "--set", "train.lr=0.0005",
+               "--set", "data.image_size=64", "--set", "eval.bootstrap=50")
+    assert code == 0
+    (run_dir,) = (tmp_path / "runs" / "breakhis").iterdir()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["test"]["balanced_accuracy"] > 0.75, metrics["test"]  # chance is 0.5
+    capsys.readouterr()
+    assert main(["export", str(run_dir)]) == 0
+    onnx_path = capsys.readouterr().out.strip().splitlines()[-1]
+    assert onnx_path == str((run_dir / "export" / "model.onnx").resolve())
+    meta = json.loads((run_dir / "export" / "model.json").read_text())
+    assert meta["backbone"] == "efficientvim_m1" and meta["batchnorm_left"] == 0

@@ -28,7 +28,10 @@ def assert_one_line_error(code, err, match):
     (["run", "breakhis", "--config", "nowhere.yaml"], "config file not found: nowhere.yaml"),
     (["run", "breakhs"], "unknown task 'breakhs'; did you mean breakhis"),
     (["run", "breakhis", "--device", "tpu"], "bad --device 'tpu'"),
+    (["run", "breakhis", "--demo", "--set", "model.backbone=efficientformer_l1"],
+     "efficientformer_l1 takes 224x224 inputs only, not 96; set the image size to 224"),
     (["eval", "."], "is not a run folder"),
+    (["export", "."], "is not a run folder"),
     (["frobnicate"], "invalid choice"),
 ])
 def test_user_mistakes(capsys, tmp_path, monkeypatch, argv, match):
@@ -60,5 +63,7 @@ def test_bad_data_roots(capsys, tmp_path, tiny_tree, monkeypatch):
 def test_list(capsys):
     code, out, _ = run_cli(capsys, "list")
     assert code == 0 and "breakhis" in out and "efficientnet_b7" in out
+    code, out, _ = run_cli(capsys, "list", "backbones")
+    assert code == 0 and "efficientvim_m4" in out and "native/efficientvim" in out and "224 px only" in out
     code, out, _ = run_cli(capsys, "list", "keys", "breakhis")
     assert code == 0 and "init_from:" in out

@@ -73,7 +73,7 @@ class ConvNorm(nn.Module):
         if self.norm is not None:
             nn.init.constant_(self.norm.weight, norm_init)
             nn.init.zeros_(self.norm.bias)
-        self.act = nn.ReLU() if act else None
+        self.act = nn.ReLU(inplace=True) if act else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv(x)
@@ -92,7 +92,7 @@ class ConvNorm(nn.Module):
                            groups=conv.groups, bias=True)
         fused.weight.copy_(conv.weight * scale.view(-1, *([1] * (conv.weight.dim() - 1))))
         fused.bias.copy_(bn.bias - bn.running_mean * scale)
-        return nn.Sequential(fused, nn.ReLU()) if self.act is not None else fused
+        return nn.Sequential(fused, nn.ReLU(inplace=True)) if self.act is not None else fused
 
 
 class SqueezeExcite(nn.Module):
