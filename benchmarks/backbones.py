@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default: 2)")
     parser.add_argument("--compile", action="store_true", help="add the torch.compile mode (slow to start)")
     parser.add_argument("--pairs-only", action="store_true", help="only the papers' 1-thread comparisons")
+    parser.add_argument("--no-pairs", action="store_true", help="skip the papers' 1-thread comparisons")
     parser.add_argument("--output", default="runs/benchmarks", help="folder for the CSVs (default: runs/benchmarks)")
     args = parser.parse_args(argv)
     if args.runs < 5:
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             ratios = [r["best_vs_eager"] for r in rows]
             print(f"fastest path vs eager: median x{statistics.median(ratios):.2f}, "
                   f"range x{min(ratios):.2f}-x{max(ratios):.2f} over {len(rows)} backbones")
-        if device.type == "cpu":
+        if device.type == "cpu" and not args.no_pairs:
             write_csv(out / "paper_pairs_cpu.csv", pairs(args, ("eager", "fused", "fused_cl", "onnx"), Path(tmp)))
     return 0
 
