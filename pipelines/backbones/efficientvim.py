@@ -10,7 +10,8 @@ HSM-SSD on tokens ``x`` (B, D, L), with N hidden states:
     B, C, dt = split(depthwise3x3(conv1x1(x)))          each (B, N, L)
     A = softmax over tokens of (dt + a)                  a: learned per-state offset
     h = x @ (A * B)^T                                    (B, D, N): the hidden state, L -> N tokens
-    h = out_proj(h_proj(h) * silu(z) + D * h_proj(h))    channel mixing and gating in the N-state space
+    h, z = split(conv1x1(h))                             channel mixing in the N-state space...
+    h = out_proj(h * silu(z) + D * h)                    ...and gating there too
     y = h @ C                                            back to (B, D, L)
 
 Mixing channels on N states instead of L tokens is what makes the layer cheap. Each stage's last hidden

@@ -19,8 +19,8 @@ from torch import nn
 from pipelines.errors import ConfigError
 
 __all__ = [
-    "BackboneEntry", "FeatureInfo", "register_backbone", "create_backbone", "list_backbones", "check_backbone",
-    "head_prefixes",
+    "BackboneEntry", "FeatureInfo", "register_backbone", "create_backbone", "list_backbones", "backbone_entries",
+    "check_backbone", "head_prefixes",
 ]
 
 log = logging.getLogger(__name__)
