@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipelines.backbones.inference import fold_batchnorm
 from pipelines.backbones.registry import FeatureInfo, register_backbone
 
 __all__ = ["EfficientViM", "EFFICIENTVIM_CONFIGS"]
@@ -82,18 +83,12 @@ class ConvNorm(nn.Module):
             x = self.norm(x)
         return self.act(x) if self.act is not None else x
 
-    @torch.no_grad()
     def fuse(self) -> nn.Module:
         """An equivalent module with the BatchNorm's affine map folded into the convolution."""
         if self.norm is None:
             return self
-        conv, bn = self.conv, self.norm
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        fused = type(conv)(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                           groups=conv.groups, bias=True)
-        fused.weight.copy_(conv.weight * scale.view(-1, *([1] * (conv.weight.dim() - 1))))
-        fused.bias.copy_(bn.bias - bn.running_mean * scale)
-        return nn.Sequential(fused, nn.ReLU(inplace=True)) if self.act is not None else fused
+        fold_batchnorm(self.conv, self.norm)
+        return nn.Sequential(self.conv, self.act) if self.act is not None else self.conv
 
 
 class SqueezeExcite(nn.Module):

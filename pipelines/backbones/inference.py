@@ -21,7 +21,7 @@ import torch
 from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["FusionReport", "fuse_batchnorm", "prepare_for_inference", "count_batchnorms"]
+__all__ = ["FusionReport", "fuse_batchnorm", "fold_batchnorm", "prepare_for_inference", "count_batchnorms"]
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def _fold_traced(model: nn.Module) -> bool:
             continue
         if not bn.track_running_stats or bn.running_mean is None:
             continue
-        _fold_into(conv, bn)
+        fold_batchnorm(conv, bn)
         model.set_submodule(node.target, replacement)
     return True
 
@@ -94,7 +94,8 @@ def _without_norm(bn: _BatchNorm) -> nn.Module | None:
 
 
 @torch.no_grad()
-def _fold_into(conv: nn.Module, bn: _BatchNorm) -> None:
+def fold_batchnorm(conv: nn.Module, bn: _BatchNorm) -> None:
+    """Fold eval-mode ``bn`` into the convolution that feeds it, in place (the conv gains a bias)."""
     scale = torch.rsqrt(bn.running_var + bn.eps)
     if bn.weight is not None:
         scale = scale * bn.weight
