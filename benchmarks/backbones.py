@@ -48,10 +48,14 @@ def count_gmacs(model: torch.nn.Module, size: int) -> float:
     return counter.get_total_flops() / 2e9  # the papers' "FLOPs" are multiply-accumulates
 
 
-def runners(name: str, size: int, batch: int, modes: tuple[str, ...], device: torch.device,
-            tmp: Path) -> dict[str, Callable[[], object]]:
+def build(name: str, size: int) -> torch.nn.Module:
+    return create_backbone(name, num_classes=1000, img_size=size).eval()
+
+
+def runners(name: str, model: torch.nn.Module, size: int, batch: int, modes: tuple[str, ...],
+            device: torch.device, tmp: Path) -> dict[str, Callable[[], object]]:
     """One zero-argument callable per mode that runs a batch end to end."""
-    model = create_backbone(name, num_classes=1000, img_size=size).eval().to(device)
+    model = model.to(device)
     x = torch.randn(batch, 3, size, size, device=device)
     x_cl = x.contiguous(memory_format=torch.channels_last)
     amp = device.type == "cuda"
@@ -102,10 +106,11 @@ def benchmark(names: list[str], args, modes: tuple[str, ...], device: torch.devi
     rows = []
     for name in names:
         size = check_backbone(name).input_size or args.size
-        model = create_backbone(name, num_classes=1000, img_size=size).eval()
+        model = build(name, size)
         params = sum(p.numel() for p in model.parameters()) / 1e6
         gmacs = count_gmacs(model, size)
-        speed = measure(runners(name, size, args.batch, modes, device, tmp), args.batch, args.warmup, args.runs)
+        speed = measure(runners(name, model, size, args.batch, modes, device, tmp), args.batch, args.warmup,
+                        args.runs)
         best = max(speed, key=speed.get)
         row = {"name": name, "family": check_backbone(name).family, "params_m": round(params, 3),
                "gmacs": round(gmacs, 4), "gflops": round(2 * gmacs, 4), "batch": args.batch, "size": size,
@@ -128,7 +133,8 @@ def pairs(args, modes: tuple[str, ...], tmp: Path) -> list[dict]:
         for subject, peer, claim in PAIRS:
             fns = {}
             for name in (subject, peer):  # onnxruntime gets one thread too: runners reads the torch setting
-                for mode, fn in runners(name, args.size, args.batch, modes, torch.device("cpu"), tmp).items():
+                model = build(name, args.size)
+                for mode, fn in runners(name, model, args.size, args.batch, modes, torch.device("cpu"), tmp).items():
                     fns[(name, mode)] = fn
             speed = measure(fns, args.batch, args.warmup, args.runs)
             print(f"\n{claim}\n  1 thread, batch {args.batch}, {args.size} px:")
