@@ -23,8 +23,6 @@ from pipelines.errors import ConfigError, PipelinesError
 
 __all__ = ["export_onnx", "OnnxRunner", "onnx_parity", "PARITY_TOLERANCE"]
 
-log = logging.getLogger(__name__)
-
 PARITY_TOLERANCE = 1e-4
 
 

@@ -46,18 +46,9 @@ def load_weights(
     """
     state = read_state_dict(path)
     own = model.state_dict()
-    skipped = []
-    if head_prefixes:
-        for key in list(state):
-            if key.startswith(head_prefixes) and (
-                key not in own or own[key].shape != state[key].shape
-            ):
-                skipped.append(key)
-                del state[key]
-    def is_head(key: str) -> bool:
-        return bool(head_prefixes) and key.startswith(head_prefixes)
-
-    missing = [k for k in own if k not in state and not is_head(k)]
+    skipped = [k for k in state if k.startswith(head_prefixes) and (k not in own or own[k].shape != state[k].shape)]
+    state = {k: v for k, v in state.items() if k not in skipped}
+    missing = [k for k in own if k not in state and not k.startswith(head_prefixes)]
     unexpected = [k for k in state if k not in own]
     if allow_unexpected:
         skipped += unexpected

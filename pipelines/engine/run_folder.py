@@ -21,9 +21,9 @@ import contextlib
 import json
 import os
 import platform
+import secrets
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
@@ -46,9 +46,6 @@ __all__ = [
     "write_environment",
     "check_run_dir",
 ]
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 _PACKAGES = (
     "pipelines", "torch", "torchvision", "timm", "segmentation-models-pytorch", "albumentations",
@@ -74,24 +71,24 @@ def create_run_dir(output: str | Path, task: str, name: str) -> Path:
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """A temporary path beside ``path`` to write to; renamed onto ``path`` only if the block succeeds.
+    """A fresh temporary path beside ``path`` for the block to create; renamed onto ``path`` only if the
+    block succeeds.
 
-    Readers never see a half-written file, and a failure leaves the old file (or none) in place.
+    Readers never see a half-written file, and a failure leaves the old file (or none) in place. The
+    writer creates the file itself, so it gets the usual permissions (umask), not mkstemp's 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
     try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; others (a dashboard) should read it
+        yield tmp
         os.replace(tmp, path)
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "xb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
