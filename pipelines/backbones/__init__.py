@@ -10,7 +10,7 @@ Example:
     [16, 24, 40, 112, 320]
 """
 
-from pipelines.backbones import efficientvim, timm_models  # noqa: F401  (register the families)
+from pipelines.backbones import efficientvim, medvit, timm_models  # noqa: F401  (register the families)
 from pipelines.backbones.registry import (
     FeatureInfo,
     backbone_entries,
