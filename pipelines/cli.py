@@ -3,7 +3,7 @@
     pipelines run TASK [--config FILE] [--set key=value ...] [--data-root PATH] [--output DIR]
                        [--device auto|cpu|cuda] [--demo] [--resume RUN_DIR]
     pipelines list [tasks|backbones|keys] [TASK]
-    pipelines eval RUN_DIR [--data-root PATH] [--device ...]
+    pipelines eval RUN_DIR [--data-root PATH] [--device ...] [--corruptions [--reference RUN_DIR]]
     pipelines export RUN_DIR [--output DIR] [--opset N]
 
 User mistakes end with one line ``error: ...`` and exit status 2; the last line ``run`` prints on
@@ -54,6 +54,10 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run_dir")
     ev.add_argument("--data-root", help="where the data set lives now, if it moved")
     ev.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    ev.add_argument("--corruptions", action="store_true",
+                    help="score the test split under MedMNIST-C corruptions -> robustness.csv")
+    ev.add_argument("--reference", metavar="RUN_DIR",
+                    help="with --corruptions: a reference run for BE and rBE (robustness_relative.csv)")
     ev.set_defaults(func=cmd_eval)
 
     ex = sub.add_parser("export", help="export a run's best model to ONNX (BN fused, parity-checked)")
@@ -150,6 +154,9 @@ def _summary(run_dir: Path) -> None:
         auc = f"{m['roc_auc']:.3f}" if m.get("roc_auc") is not None else "n/a"
         log.info("%s: accuracy %.3f%s, balanced accuracy %.3f, macro-F1 %.3f, ROC AUC %s (n=%d)", split,
                  m["accuracy"], acc_ci, m["balanced_accuracy"], m["macro_f1"], auc, m["n"])
+        if "acc" in m:  # MedMNIST's official metrics
+            cis = {k: " [{:.3f}, {:.3f}]".format(*ci[k]) if ci.get(k) else "" for k in ("acc", "auc")}
+            log.info("%s: official ACC %.3f%s, AUC %.3f%s", split, m["acc"], cis["acc"], m["auc"], cis["auc"])
     note = metrics.get("info", {}).get("note")
     if note:
         log.info("note: %s", note)
@@ -168,10 +175,52 @@ def cmd_eval(args) -> int:
         write_config(run_dir, cfg)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     ctx = distributed.setup(args.device)
-    task.evaluate(cfg, run_dir, ctx)
-    _summary(run_dir)
+    if args.reference and not args.corruptions:
+        raise ConfigError("--reference goes with --corruptions")
+    if args.corruptions:
+        _robustness(task, cfg, run_dir, args.reference, ctx.device)
+    else:
+        task.evaluate(cfg, run_dir, ctx)
+        _summary(run_dir)
     print(run_dir.resolve(), flush=True)
     return 0
+
+
+def _robustness(task, cfg: dict, run_dir: Path, reference: str | None, device) -> None:
+    from pipelines.engine.classification import load_trained_classifier
+    from pipelines.engine.robustness import relative_errors, robustness_table, write_robustness
+    from pipelines.engine.run_folder import check_run_dir, read_config
+
+    if not hasattr(task, "robustness_data"):
+        raise ConfigError(f"{cfg['run']['task']} runs have no corruption evaluation")
+    data = task.robustness_data(cfg, run_dir)
+    seed = int(cfg["seed"])
+
+    def table(folder: Path):
+        trained = load_trained_classifier(folder)
+        if trained.class_names != data.class_names:
+            raise ConfigError(f"{folder} predicts {trained.class_names}, this run {data.class_names}; "
+                              "the reference must be trained on the same classes")
+        log.info("corruption robustness of %s (%d test images)", folder, len(data.labels))
+        return robustness_table(trained.model, trained.image_size, data, seed, device=device)
+
+    ours = table(run_dir)
+    relative, ref_dir = None, None
+    if reference:
+        ref_dir = check_run_dir(reference)
+        if read_config(ref_dir).get("run", {}).get("task") != cfg["run"]["task"]:
+            raise ConfigError(f"--reference {ref_dir} is not a {cfg['run']['task']} run")
+        relative = relative_errors(ours, table(ref_dir))
+    write_robustness(run_dir, ours, relative, ref_dir)
+    clean = ours[ours["severity"] == 0].iloc[0]
+    log.info("clean: accuracy %.3f, balanced error %.3f; corrupted (mean of %d): accuracy %.3f, balanced error %.3f",
+             clean["accuracy"], clean["balanced_error"], len(ours) - 1,
+             ours[ours["severity"] > 0]["accuracy"].mean(), ours[ours["severity"] > 0]["balanced_error"].mean())
+    if relative is not None:
+        overall = relative.iloc[-1]
+        log.info("against %s: BE %.3f, rBE %.3f (below 1: more robust than the reference)", ref_dir,
+                 overall["be"], overall["rbe"])
+    log.info("wrote %s", run_dir / "robustness.csv")
 
 
 def cmd_export(args) -> int:

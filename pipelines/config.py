@@ -152,15 +152,23 @@ def _all_prefixes(cfg: Mapping, prefix: str = "") -> list[str]:
     return keys
 
 
+def _resolve_leaf(key: str, flat: Mapping[str, Any]) -> str:
+    """A bare leaf name (``epochs``) stands for the one dotted key ending in it (``train.epochs``)."""
+    if key in flat or "." in key:
+        return key
+    matches = [k for k in flat if k.rsplit(".", 1)[-1] == key]
+    return matches[0] if len(matches) == 1 else key
+
+
 def apply_overrides(cfg: dict, items: Iterable[str], source: str = "--set") -> dict:
-    """Apply ``key=value`` strings (dotted keys, YAML values) to a copy of ``cfg``."""
+    """Apply ``key=value`` strings (dotted keys, or a leaf name that is unique; YAML values) to a copy of ``cfg``."""
     out = copy.deepcopy(cfg)
     flat = flatten(cfg)
     for item in items:
         if "=" not in item:
             raise ConfigError(f"{source} expects key=value, got '{item}' (example: --set train.epochs=3)")
         dotted, raw = item.split("=", 1)
-        dotted = dotted.strip()
+        dotted = _resolve_leaf(dotted.strip(), flat)
         if dotted not in flat:
             raise _unknown_key(dotted, flat.keys(), source)
         try:

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from pipelines.errors import DataError
 
-__all__ = ["read_image", "check_image_files", "ImageTableDataset"]
+__all__ = ["read_image", "check_image_files", "ImageTableDataset", "ArrayImageDataset"]
 
 MAX_PIXELS = 100_000_000  # larger images are refused as possible decompression bombs
 
@@ -60,7 +60,16 @@ def check_image_files(paths: Sequence[Path], threads: int = 4) -> None:
                 raise DataError(f"corrupt or unreadable image {problem}; re-download or remove it")
 
 
-class ImageTableDataset(Dataset):
+class _AugmentedDataset(Dataset):
+    transform: Callable
+
+    def reseed(self, seed: int) -> None:
+        """Give this (worker's) augmentation its own seed: deterministic and different per worker."""
+        if hasattr(self.transform, "set_random_seed"):
+            self.transform.set_random_seed(seed)
+
+
+class ImageTableDataset(_AugmentedDataset):
     """Rows of (image file, integer label) -> ``{"image": CHW float tensor, "label": int, "index": int}``.
 
     Args:
@@ -89,7 +98,8 @@ class ImageTableDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def _load(self, index: int) -> np.ndarray:
+    def image(self, index: int) -> np.ndarray:
+        """The decoded (and, with a cache size, downsized) image before the transform."""
         if index in self._cache:
             return self._cache[index]
         image = read_image(self.paths[index])
@@ -105,10 +115,30 @@ class ImageTableDataset(Dataset):
         return image
 
     def __getitem__(self, index: int) -> dict:
-        image = self.transform(image=self._load(index))["image"]
+        image = self.transform(image=self.image(index))["image"]
         return {"image": image, "label": torch.tensor(self.labels[index]), "index": index}
 
-    def reseed(self, seed: int) -> None:
-        """Give this (worker's) augmentation its own seed: deterministic and different per worker."""
-        if hasattr(self.transform, "set_random_seed"):
-            self.transform.set_random_seed(seed)
+
+class ArrayImageDataset(_AugmentedDataset):
+    """Images held in one uint8 array, ``(N, H, W)`` grey or ``(N, H, W, 3)`` RGB, with their labels: an int
+    per image, or a 0/1 row per image for multi-label tasks (returned as floats for BCE). Grey images are
+    repeated to three channels, so every backbone and pretrained weight fits. Same items as
+    :class:`ImageTableDataset`."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable):
+        if len(images) != len(labels):
+            raise ValueError("images and labels differ in length")
+        self.images = images
+        self.labels = np.asarray(labels)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict:
+        image = self.images[index]
+        if image.ndim == 2:
+            image = np.repeat(image[:, :, None], 3, axis=2)
+        label = self.labels[index]
+        label = torch.tensor(label, dtype=torch.float32) if label.ndim else torch.tensor(int(label))
+        return {"image": self.transform(image=image)["image"], "label": label, "index": index}

@@ -18,7 +18,12 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-__all__ = ["classification_metrics", "bootstrap_ci", "grouped_metrics", "breakdown"]
+__all__ = [
+    "classification_metrics", "bootstrap_ci", "grouped_metrics", "breakdown", "official_auc", "official_acc",
+    "multilabel_metrics",
+]
+
+MULTILABEL = "multi-label, binary-class"
 
 
 def _macro_f1(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[int]) -> float:
@@ -50,8 +55,10 @@ def bootstrap_ci(
         return None
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(y_true), size=(n, len(y_true)))
-    values = np.array([metric(y_true[i], y_pred[i]) for i in idx])
-    lo, hi = np.quantile(values, [alpha / 2, 1 - alpha / 2])
+    values = np.array([metric(y_true[i], y_pred[i]) for i in idx], dtype=float)
+    if np.isnan(values).all():
+        return None
+    lo, hi = np.nanquantile(values, [alpha / 2, 1 - alpha / 2])
     return [float(lo), float(hi)]
 
 
@@ -127,3 +134,52 @@ def breakdown(
         m = classification_metrics(y_true[sel], probs[sel], class_names)
         out[key] = {k: m[k] for k in ("n", "accuracy", "balanced_accuracy", "macro_f1")}
     return out
+
+
+def official_auc(y_true: np.ndarray, y_score: np.ndarray, task: str) -> float:
+    """MedMNIST's AUC, as its evaluator defines it: binary - AUC of the last column's score;
+    multi-label - mean AUC over labels; multi-class and ordinal - mean one-vs-rest AUC over all classes."""
+    y_true, y_score = np.asarray(y_true).squeeze(), np.asarray(y_score).squeeze()
+    if task == MULTILABEL:
+        return float(np.mean([roc_auc_score(y_true[:, i], y_score[:, i]) for i in range(y_score.shape[1])]))
+    if task == "binary-class":
+        return float(roc_auc_score(y_true, y_score[:, -1] if y_score.ndim == 2 else y_score))
+    return float(np.mean([roc_auc_score(y_true == i, y_score[:, i]) for i in range(y_score.shape[1])]))
+
+
+def official_acc(y_true: np.ndarray, y_score: np.ndarray, task: str, threshold: float = 0.5) -> float:
+    """MedMNIST's ACC: binary - last column's score > threshold; multi-label - mean per-label accuracy at the
+    threshold; multi-class and ordinal - argmax."""
+    y_true, y_score = np.asarray(y_true).squeeze(), np.asarray(y_score).squeeze()
+    if task == MULTILABEL:
+        return float(np.mean([accuracy_score(y_true[:, i], y_score[:, i] > threshold) for i in range(y_true.shape[1])]))
+    if task == "binary-class":
+        return float(accuracy_score(y_true, (y_score[:, -1] if y_score.ndim == 2 else y_score) > threshold))
+    return float(accuracy_score(y_true, y_score.argmax(-1)))
+
+
+def multilabel_metrics(y_true: np.ndarray, probs: np.ndarray, label_names: Sequence[str],
+                       threshold: float = 0.5) -> dict:
+    """Per-label precision/recall/F1/AUC at ``threshold`` and their means (``balanced_accuracy`` is the mean
+    of the per-label balanced accuracies, as MedMNIST-C's balanced error uses it)."""
+    y_true = np.asarray(y_true, dtype=int)
+    pred = np.asarray(probs) > threshold
+    per_label, bal, f1s, aucs = {}, [], [], []
+    for i, name in enumerate(label_names):
+        p, r, f, _ = precision_recall_fscore_support(y_true[:, i], pred[:, i], labels=[1], zero_division=0)
+        auc = roc_auc_score(y_true[:, i], probs[:, i]) if len(np.unique(y_true[:, i])) == 2 else None
+        per_label[name] = {"precision": float(p[0]), "recall": float(r[0]), "f1": float(f[0]),
+                           "support": int(y_true[:, i].sum()), "roc_auc": None if auc is None else float(auc)}
+        bal.append(balanced_accuracy_score(y_true[:, i], pred[:, i]))
+        f1s.append(f[0])
+        if auc is not None:
+            aucs.append(auc)
+    return {
+        "n": len(y_true),
+        "accuracy": float((pred == y_true).mean()),
+        "balanced_accuracy": float(np.mean(bal)),
+        "macro_f1": float(np.mean(f1s)),
+        "roc_auc": float(np.mean(aucs)) if aucs else None,
+        "per_class": per_label,
+        "class_names": list(label_names),
+    }

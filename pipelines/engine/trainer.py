@@ -13,7 +13,7 @@ import io
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -106,8 +106,9 @@ def _autocast(device: torch.device, enabled: bool):
 
 @torch.no_grad()
 def predict(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool = True,
-            channels_last: bool = False, desc: str = "predict", show: bool = True) -> np.ndarray:
-    """Softmax probabilities (N, K) in dataset order."""
+            channels_last: bool = False, desc: str = "predict", show: bool = True,
+            multilabel: bool = False) -> np.ndarray:
+    """Probabilities (N, K) in dataset order: softmax, or a sigmoid per label for multi-label models."""
     model.eval()
     out = []
     for batch in tqdm(loader, desc=desc, leave=False, disable=not show):
@@ -116,7 +117,8 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device, amp: boo
             images = images.contiguous(memory_format=torch.channels_last)
         with _autocast(device, amp):
             logits = model(images)
-        out.append(torch.softmax(logits.float(), 1).cpu())
+        logits = logits.float()
+        out.append((torch.sigmoid(logits) if multilabel else torch.softmax(logits, 1)).cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 0))
 
 
@@ -132,16 +134,22 @@ class Trainer:
         run_dir: the run folder.
         ctx: device and DDP rank.
         sample_weights: per-sample weights for a class-balanced sampler, or None to shuffle.
+        scorer: ``scorer(labels, probs) -> dict`` of validation metrics (the monitor among them);
+            :func:`classification_metrics` by default.
+        multilabel: sigmoid outputs and 0/1 label rows (the loss must take logits and float targets).
     """
 
     def __init__(self, model: nn.Module, loss_fn: nn.Module, train_set: Dataset, val_set: Dataset,
                  class_names: list[str], cfg: Mapping, run_dir: Path, ctx: Context,
-                 sample_weights: torch.Tensor | None = None):
+                 sample_weights: torch.Tensor | None = None, scorer: Callable | None = None,
+                 multilabel: bool = False):
         if len(val_set) == 0:
             raise DataError("the validation split is empty; raise data.val_fraction or add data")
         self.cfg, self.t = cfg, cfg["train"]
         self.run_dir, self.ctx = Path(run_dir), ctx
         self.class_names = class_names
+        self.scorer = scorer or functools.partial(_default_scorer, class_names=class_names)
+        self.multilabel = multilabel
         self.device = ctx.device
         self.channels_last = bool(self.t["channels_last"])
         self.model = model.to(self.device)
@@ -231,11 +239,16 @@ class Trainer:
 
     def _validate(self) -> dict:
         probs = predict(self.model, self.val_loader, self.device, self.t["amp"], self.channels_last,
-                        desc="validate", show=self.ctx.is_main)
-        metrics = classification_metrics(self.val_labels, probs, self.class_names)
-        with torch.no_grad():
-            logits = torch.log(torch.as_tensor(probs).clamp_min(1e-12)).to(self.device)
-            metrics["loss"] = float(self.loss_fn(logits, torch.as_tensor(self.val_labels).to(self.device)))
+                        desc="validate", show=self.ctx.is_main, multilabel=self.multilabel)
+        metrics = self.scorer(self.val_labels, probs)
+        with torch.no_grad():  # the training loss on validation, from the probabilities' logits
+            p = torch.as_tensor(probs)
+            labels = torch.as_tensor(self.val_labels)
+            if self.multilabel:
+                logits, labels = torch.logit(p.clamp(1e-7, 1 - 1e-7)), labels.float()
+            else:
+                logits = torch.log(p.clamp_min(1e-12))
+            metrics["loss"] = float(self.loss_fn(logits.to(self.device), labels.to(self.device)))
         return metrics
 
     def fit(self) -> pd.DataFrame:
@@ -262,7 +275,8 @@ class Trainer:
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "train_loss": train_loss,
                 "val_loss": val["loss"],
-                **{f"val_{k}": val[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")},
+                **{f"val_{k}": v for k, v in val.items()
+                   if k not in ("n", "loss") and (v is None or isinstance(v, (int, float)))},
                 "best": improved,
                 "seconds": time.perf_counter() - tic,
             }
@@ -290,6 +304,10 @@ class Trainer:
         if self.ctx.is_main and not frame.empty:
             plot_history(frame, self.run_dir / "plots" / "training_curves.png", self.monitor)
         return frame
+
+
+def _default_scorer(labels: np.ndarray, probs: np.ndarray, class_names: list[str]) -> dict:
+    return classification_metrics(labels, probs, class_names)
 
 
 def _warmup_cosine(step: int, warmup: int, total: int) -> float:

@@ -2,7 +2,8 @@
 
 A task module provides ``DESCRIPTION``, ``defaults() -> dict``, ``DEMO_OVERRIDES`` (dotted keys),
 ``validate(cfg)``, ``prepare_demo(data_dir) -> Path``, ``load_data(cfg, run_dir=None)`` (scan and
-split, or the run's split.csv), ``train(cfg, run_dir, ctx, data=None)`` and ``evaluate(cfg, run_dir, ctx, data=None)``.
+split, or the run's split.csv), ``train(cfg, run_dir, ctx, data=None)`` and ``evaluate(cfg, run_dir, ctx, data=None)``;
+classification tasks add ``robustness_data(cfg, run_dir)`` for ``pipelines eval --corruptions``.
 Modules are imported only when used, so one task's heavy dependencies never slow down another.
 """
 
@@ -18,6 +19,7 @@ __all__ = ["TASKS", "get_task"]
 
 TASKS = {
     "breakhis": "pipelines.tasks.breakhis",
+    "medmnist": "pipelines.tasks.medmnist",
 }
 
 

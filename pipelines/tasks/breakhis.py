@@ -23,6 +23,7 @@ from pipelines.engine.classification import (
     train_classifier,
 )
 from pipelines.engine.distributed import Context
+from pipelines.engine.robustness import RobustnessData
 from pipelines.engine.losses import LOSSES
 from pipelines.engine.run_folder import write_csv
 from pipelines.engine.trainer import MONITORS
@@ -157,3 +158,12 @@ def evaluate(cfg: Mapping, run_dir: Path, ctx: Context, data: LabelledImages | N
     if info["demo"]:
         info["note"] = "SYNTHETIC demo data: these numbers say nothing about real histology"
     return evaluate_classifier(data, cfg, run_dir, ctx, info)
+
+
+def robustness_data(cfg: Mapping, run_dir: Path) -> RobustnessData:
+    """The test images, downsized as evaluation's image cache does, with the pathology corruption list."""
+    data = load_data(cfg, run_dir)
+    test = data.dataset("test", "none", cfg["data"]["image_size"], cache=True)
+    images = [test.image(i) for i in range(len(test))]
+    task = "binary-class" if len(data.class_names) == 2 else "multi-class"
+    return RobustnessData(images, data.labels("test"), data.class_names, task, "breakhis")

@@ -1,0 +1,132 @@
+"""Corruption robustness of a finished classification run, in the MedMNIST-C protocol.
+
+For each corruption of the data set's list and each of its 5 severities, the test images are corrupted
+(deterministically: the seed depends on the run seed, corruption, severity and image), fed through the
+run's own evaluation preprocessing, and scored: accuracy and balanced error (``1 - balanced accuracy``;
+for multi-label data the mean over labels). With a reference run evaluated on the same corrupted images:
+
+* ``BE_c = mean_s BE(c, s) / mean_s BE_ref(c, s)`` (normalised balanced error),
+* ``rBE_c = (mean_s BE(c, s) - BE_clean) / (mean_s BE_ref(c, s) - BE_ref_clean)`` (relative: the extra
+  error the corruption causes, relative to the reference's),
+
+and ``BE``, ``rBE`` overall are their means over corruptions (below 1: more robust than the reference).
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import balanced_accuracy_score
+
+from pipelines.engine.metrics import MULTILABEL, official_acc
+from pipelines.transforms.augment import build_transform
+from pipelines.transforms.corruptions import category, corrupt, corruption_list
+
+__all__ = ["RobustnessData", "robustness_table", "relative_errors", "balanced_error"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RobustnessData:
+    """What a task hands over: test images as uint8 RGB arrays at the resolution to corrupt them at, their
+    labels (ints, or 0/1 rows for multi-label), class names, the task type (MedMNIST's names) and the
+    name of the corruption list (a MedMNIST flag, or ``breakhis``)."""
+
+    images: Sequence[np.ndarray]
+    labels: np.ndarray
+    class_names: list[str]
+    task: str
+    corruption_list: str
+
+
+def balanced_error(labels: np.ndarray, probs: np.ndarray, task: str) -> float:
+    if task == MULTILABEL:
+        pred = probs > 0.5
+        return float(1 - np.mean([balanced_accuracy_score(labels[:, i], pred[:, i]) for i in range(labels.shape[1])]))
+    return float(1 - balanced_accuracy_score(labels, probs.argmax(1)))
+
+
+@torch.no_grad()
+def _predict(model: torch.nn.Module, images: Sequence[np.ndarray], image_size: int, batch_size: int,
+             multilabel: bool, device: torch.device) -> np.ndarray:
+    transform = build_transform("none", image_size)
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = torch.stack([transform(image=im)["image"] for im in images[start:start + batch_size]]).to(device)
+        logits = model(batch).float()
+        out.append((torch.sigmoid(logits) if multilabel else torch.softmax(logits, 1)).cpu())
+    return torch.cat(out).numpy()
+
+
+def robustness_table(model: torch.nn.Module, image_size: int, data: RobustnessData, seed: int = 0,
+                     batch_size: int = 128, device: torch.device | None = None) -> pd.DataFrame:
+    """Rows ``corruption, category, severity, accuracy, balanced_error`` (severity 0: the clean images)."""
+    device = device or torch.device("cpu")
+    model = model.eval().to(device)
+    multilabel = data.task == MULTILABEL
+    labels = np.asarray(data.labels)
+
+    def score(images, name, cat, severity):
+        probs = _predict(model, images, image_size, batch_size, multilabel, device)
+        return {"corruption": name, "category": cat, "severity": severity,
+                "accuracy": official_acc(labels, probs, data.task),
+                "balanced_error": balanced_error(labels, probs, data.task)}
+
+    rows = [score(list(data.images), "clean", "none", 0)]
+    for name, params in corruption_list(data.corruption_list).items():
+        key = zlib.crc32(name.encode())
+        for severity, param in enumerate(params[:5], start=1):
+            corrupted = [corrupt(im, name, param, (seed, key, severity, i)) for i, im in enumerate(data.images)]
+            rows.append(score(corrupted, name, category(name), severity))
+        log.info("%s: balanced error %s", name,
+                 " ".join(f"{r['balanced_error']:.3f}" for r in rows[-len(params[:5]):]))
+    return pd.DataFrame(rows)
+
+
+def relative_errors(ours: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
+    """Per corruption (and ``overall``): mean balanced error of both runs, ``be`` and ``rbe``."""
+    def means(table):
+        corrupted = table[table["severity"] > 0]
+        return corrupted.groupby("corruption", sort=False)["balanced_error"].mean(), \
+            float(table.loc[table["severity"] == 0, "balanced_error"].iloc[0])
+
+    (ours_mean, ours_clean), (ref_mean, ref_clean) = means(ours), means(reference)
+    missing = set(ours_mean.index) ^ set(ref_mean.index)
+    if missing:
+        raise ValueError(f"the runs were scored on different corruptions: {sorted(missing)}")
+    rows = []
+    for name, err in ours_mean.items():
+        ref = ref_mean[name]
+        rows.append({"corruption": name, "balanced_error": err, "reference_balanced_error": ref,
+                     "be": err / ref if ref > 0 else float("nan"),
+                     "rbe": (err - ours_clean) / (ref - ref_clean) if ref != ref_clean else float("nan")})
+    frame = pd.DataFrame(rows)
+    overall = {"corruption": "overall", "balanced_error": frame["balanced_error"].mean(),
+               "reference_balanced_error": frame["reference_balanced_error"].mean(),
+               "be": frame["be"].mean(), "rbe": frame["rbe"].mean()}
+    return pd.concat([frame, pd.DataFrame([overall])], ignore_index=True)
+
+
+def write_robustness(run_dir: Path, table: pd.DataFrame, relative: pd.DataFrame | None,
+                     reference_dir: Path | None) -> None:
+    from pipelines.engine.run_folder import write_csv, write_json
+
+    write_csv(run_dir / "robustness.csv", table)
+    summary = {
+        "clean_balanced_error": float(table.loc[table["severity"] == 0, "balanced_error"].iloc[0]),
+        "mean_corrupted_balanced_error": float(table.loc[table["severity"] > 0, "balanced_error"].mean()),
+        "mean_corrupted_accuracy": float(table.loc[table["severity"] > 0, "accuracy"].mean()),
+    }
+    if relative is not None:
+        write_csv(run_dir / "robustness_relative.csv", relative)
+        overall = relative[relative["corruption"] == "overall"].iloc[0]
+        summary.update(reference_run=str(reference_dir), be=float(overall["be"]), rbe=float(overall["rbe"]))
+    write_json(run_dir / "robustness.json", summary)

@@ -1,0 +1,198 @@
+"""MedMNIST+: the 12 2-D data sets on their published train/val/test splits, with the official ACC and AUC.
+
+The model is selected on VALIDATION (the MedMNIST v2 protocol) and the test split is evaluated once, by
+the best checkpoint, at the end of the run. Grey images are repeated to three channels.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipelines.config import check_choices, load_yaml
+from pipelines.datasets.images import ArrayImageDataset
+from pipelines.datasets.medmnist import FLAGS, SIZES, MedMNISTData, check_flag, read_medmnist
+from pipelines.datasets.medmnist_demo import write_demo_medmnist
+from pipelines.engine.classification import build_model, check_model_config, load_best_model
+from pipelines.engine.distributed import Context
+from pipelines.engine.losses import LOSSES, build_loss, class_weights
+from pipelines.engine.metrics import (
+    bootstrap_ci,
+    classification_metrics,
+    multilabel_metrics,
+    official_acc,
+    official_auc,
+)
+from pipelines.engine.plots import plot_confusion_matrix
+from pipelines.engine.robustness import RobustnessData
+from pipelines.engine.run_folder import write_csv, write_json
+from pipelines.engine.trainer import Trainer, make_loader, predict, seed_everything
+from pipelines.errors import ConfigError
+from pipelines.transforms.augment import AUGMENTATIONS, build_transform
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = "MedMNIST+ (12 2-D data sets, 28-224 px) with the official ACC/AUC"
+
+DEMO_OVERRIDES = {
+    "data.dataset": "breastmnist",
+    "train.epochs": 12,
+    "train.patience": 12,
+}
+
+CHOICES = {
+    "data.dataset": FLAGS,
+    "data.size": SIZES,
+    "train.monitor": ("auc", "acc", "balanced_accuracy", "loss"),
+    "train.loss": LOSSES,
+    "train.sampler": ("shuffle", "balanced"),
+    "train.augment": AUGMENTATIONS,
+}
+POSITIVE = ("train.epochs", "train.batch_size", "train.lr", "train.patience", "eval.batch_size")
+
+
+def defaults() -> dict:
+    return load_yaml(Path(__file__).with_name("medmnist.yaml"))
+
+
+def validate(cfg: dict) -> None:
+    """Check the config, and fill in ``data.image_size`` (the data's size unless set)."""
+    check_choices(cfg, CHOICES, POSITIVE)
+    d = cfg["data"]
+    info = check_flag(d["dataset"], d["size"])
+    if d["image_size"] is None:
+        d["image_size"] = d["size"]
+    if not isinstance(d["image_size"], int) or d["image_size"] < 16:
+        raise ConfigError(f"bad value for 'data.image_size': {d['image_size']!r}; give an integer side >= 16")
+    if info["task"].startswith("multi-label") and cfg["train"]["sampler"] == "balanced":
+        raise ConfigError("train.sampler=balanced needs one label per image; use shuffle for multi-label data")
+    check_model_config(cfg)
+
+
+def prepare_demo(data_dir: Path) -> Path:
+    """Write (once) the synthetic BreastMNIST file; returns the data root."""
+    return write_demo_medmnist(Path(data_dir) / "medmnist")
+
+
+def load_data(cfg: Mapping, run_dir: Path | None = None) -> MedMNISTData:
+    d = cfg["data"]
+    return read_medmnist(d["root"], d["dataset"], d["size"], d["file"], d["download"])
+
+
+def _dataset(data: MedMNISTData, split: str, augment: str, image_size: int) -> ArrayImageDataset:
+    return ArrayImageDataset(data.images[split], data.labels[split], build_transform(augment, image_size))
+
+
+def _scores(data: MedMNISTData, labels: np.ndarray, probs: np.ndarray, bootstrap: int = 0, seed: int = 0) -> dict:
+    """The official ACC/AUC plus the package's usual classification metrics (and CIs when asked)."""
+    if data.multilabel:
+        metrics = multilabel_metrics(labels, probs, data.class_names)
+    else:
+        metrics = classification_metrics(labels, probs, data.class_names, bootstrap=bootstrap, seed=seed)
+    metrics["acc"] = official_acc(labels, probs, data.task)
+    metrics["auc"] = _safe(official_auc, data.task)(labels, probs)
+    if bootstrap:
+        metrics.setdefault("ci95", {})
+        for key, fn in (("acc", official_acc), ("auc", official_auc)):
+            metrics["ci95"][key] = bootstrap_ci(labels, probs, _safe(fn, data.task), bootstrap, seed)
+    return metrics
+
+
+def _safe(fn, task: str):
+    """The metric, or NaN where a resample lacks a class (AUC undefined)."""
+
+    def metric(y, p):
+        try:
+            return fn(y, p, task)
+        except ValueError:
+            return float("nan")
+
+    return metric
+
+
+def train(cfg: Mapping, run_dir: Path, ctx: Context, data: MedMNISTData | None = None) -> None:
+    data = data if data is not None else load_data(cfg)
+    d, t = cfg["data"], cfg["train"]
+    counts = {s: len(v) for s, v in data.labels.items()}
+    log.info("%s %d px (%s, %d classes) from %s: %s images; network input %d px", data.flag, data.size,
+             data.task, len(data.class_names), data.path, counts, d["image_size"])
+    if data.multilabel:
+        loss, weights = torch.nn.BCEWithLogitsLoss(), None
+    else:
+        weights = class_weights(data.labels["train"], data.class_names)
+        loss = build_loss(t["loss"], weights if t["loss"] != "ce" else None, t["focal_gamma"])
+    seed_everything(int(cfg["seed"]))
+    sample_weights = weights[torch.as_tensor(data.labels["train"])].double() if t["sampler"] == "balanced" else None
+    trainer = Trainer(
+        build_model(cfg, len(data.class_names)), loss,
+        _dataset(data, "train", t["augment"], d["image_size"]), _dataset(data, "val", "none", d["image_size"]),
+        data.class_names, cfg, run_dir, ctx, sample_weights=sample_weights,
+        scorer=functools.partial(_scores, data), multilabel=data.multilabel,
+    )
+    trainer.fit()
+    if ctx.is_main:
+        evaluate(cfg, run_dir, ctx, data)
+
+
+def evaluate(cfg: Mapping, run_dir: Path, ctx: Context, data: MedMNISTData | None = None) -> dict:
+    """The best (validation-selected) checkpoint on val and test -> metrics.json, predictions.csv, plots."""
+    data = data if data is not None else load_data(cfg)
+    d, e = cfg["data"], cfg["eval"]
+    model = load_best_model(cfg, run_dir, len(data.class_names)).to(ctx.device)
+    report: dict = {}
+    for split in ("val", "test"):
+        loader = make_loader(_dataset(data, split, "none", d["image_size"]), e["batch_size"], d["workers"],
+                             int(cfg["seed"]), device=ctx.device)
+        probs = predict(model, loader, ctx.device, cfg["train"]["amp"], desc=f"evaluate {split}",
+                        multilabel=data.multilabel)
+        labels = data.labels[split]
+        report[split] = _scores(data, labels, probs, e["bootstrap"] if split == "test" else 0, int(cfg["seed"]))
+        if "confusion_matrix" in report[split]:
+            plot_confusion_matrix(report[split]["confusion_matrix"], data.class_names,
+                                  run_dir / "plots" / f"confusion_matrix{'' if split == 'test' else '_val'}.png",
+                                  title=split)
+        if split == "test":
+            _write_predictions(run_dir, labels, probs, data)
+    history = run_dir / "history.csv"
+    selected = None
+    if history.is_file():
+        best = pd.read_csv(history).query("best")
+        selected = int(best["epoch"].iloc[-1]) if not best.empty else None
+    report["info"] = {
+        "task": "medmnist", "dataset": data.flag, "size": data.size, "task_type": data.task,
+        "image_size": d["image_size"], "demo": bool(cfg["run"]["demo"]), "selected_epoch": selected,
+        "monitor": f"val_{cfg['train']['monitor']}", "protocol": "selected on val; test evaluated once",
+    }
+    if report["info"]["demo"]:
+        report["info"]["note"] = "SYNTHETIC demo data: these numbers say nothing about real ultrasound"
+    write_json(run_dir / "metrics.json", report)
+    return report
+
+
+def _write_predictions(run_dir: Path, labels: np.ndarray, probs: np.ndarray, data: MedMNISTData) -> None:
+    out = pd.DataFrame({"index": np.arange(len(labels))})
+    if data.multilabel:
+        for i, name in enumerate(data.class_names):
+            out[f"label_{name}"] = labels[:, i]
+    else:
+        out["label"] = [data.class_names[i] for i in labels]
+        out["pred"] = [data.class_names[i] for i in probs.argmax(1)]
+        out["confidence"] = probs.max(1)
+    for i, name in enumerate(data.class_names):
+        out[f"prob_{name}"] = probs[:, i]
+    write_csv(run_dir / "predictions.csv", out)
+
+
+def robustness_data(cfg: Mapping, run_dir: Path) -> RobustnessData:
+    """The test split at its published resolution, with the MedMNIST-C corruption list of the data set."""
+    data = load_data(cfg)
+    images = data.images["test"]
+    if images.ndim == 3:
+        images = np.repeat(images[..., None], 3, axis=3)
+    return RobustnessData(list(images), data.labels["test"], data.class_names, data.task, data.flag)
