@@ -156,3 +156,13 @@ def test_efficientvim_learns_through_the_pipeline_and_exports(breakhis_demo, tmp
     assert onnx_path == str((run_dir / "export" / "model.onnx").resolve())
     meta = json.loads((run_dir / "export" / "model.json").read_text())
     assert meta["backbone"] == "efficientvim_m1" and meta["batchnorm_left"] == 0
+
+
+def test_corruption_robustness_works_on_breakhis_runs(binary_run):
+    assert main(["eval", str(binary_run), "--corruptions", "--device", "cpu"]) == 0
+    table = pd.read_csv(binary_run / "robustness.csv")
+    assert {"stain_deposit", "bubble", "defocus_blur"} <= set(table["corruption"])  # the pathology list
+    assert len(table) == 1 + 5 * 11
+    clean = table[table["severity"] == 0].iloc[0]
+    metrics = json.loads((binary_run / "metrics.json").read_text())
+    assert clean["accuracy"] == pytest.approx(metrics["test"]["accuracy"], abs=1e-9)

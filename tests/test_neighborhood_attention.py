@@ -23,7 +23,7 @@ def _window(i: int, length: int, kernel: int, dilation: int) -> list[int]:
 
 
 def _brute_force(q, k, v, kernel, dilation, rpb):
-    b, heads, height, width, dim = q.shape
+    _b, _heads, height, width, dim = q.shape
     out = torch.zeros_like(q)
     for y in range(height):
         for x in range(width):

@@ -11,6 +11,7 @@ checkpoints and parameter counts agree with the reference implementation.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -55,7 +56,7 @@ class FasterKAN(nn.Module):
         if len(widths) < 2:
             raise ValueError("FasterKAN needs at least an input and an output width")
         self.layers = nn.ModuleList(
-            FasterKANLayer(a, b, **layer_kwargs) for a, b in zip(widths[:-1], widths[1:], strict=True)
+            FasterKANLayer(a, b, **layer_kwargs) for a, b in itertools.pairwise(widths)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -91,7 +91,7 @@ class _WindowScores(torch.autograd.Function):
         q, k, idx = ctx.saved_tensors
         dq = torch.zeros_like(q) if ctx.needs_input_grad[0] else None
         dk = torch.zeros_like(k) if ctx.needs_input_grad[1] else None
-        b, h, n, d = q.shape
+        b, h, _n, d = q.shape
         for c in _chunks(idx.shape[1], ctx.chunk):
             g = grad[..., c]
             if dq is not None:
@@ -119,7 +119,7 @@ class _WindowMix(torch.autograd.Function):
         attn, v, idx = ctx.saved_tensors
         dattn = torch.empty_like(attn) if ctx.needs_input_grad[0] else None
         dv = torch.zeros_like(v) if ctx.needs_input_grad[1] else None
-        b, h, n, d = v.shape
+        b, h, _n, d = v.shape
         for c in _chunks(idx.shape[1], ctx.chunk):
             if dattn is not None:
                 dattn[..., c] = torch.einsum("bhnd,bhncd->bhnc", grad, _gather(v, idx[:, c]))
@@ -155,7 +155,7 @@ def neighborhood_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ke
     b, heads, height, width, dim = q.shape
     idx, bias_idx = neighborhood_indices(height, width, kernel, dilation)
     idx, bias_idx = idx.to(q.device), bias_idx.to(q.device)
-    chunk = chunk or max(1, int(math.isqrt(idx.shape[1])))
+    chunk = chunk or max(1, math.isqrt(idx.shape[1]))
     flat = [t.reshape(b, heads, height * width, dim) for t in (q, k, v)]
     scale = dim ** -0.5 if scale is None else scale
     logits = _WindowScores.apply(flat[0] * scale, flat[1], idx, chunk)

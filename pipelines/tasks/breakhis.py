@@ -23,8 +23,8 @@ from pipelines.engine.classification import (
     train_classifier,
 )
 from pipelines.engine.distributed import Context
-from pipelines.engine.robustness import RobustnessData
 from pipelines.engine.losses import LOSSES
+from pipelines.engine.robustness import RobustnessData
 from pipelines.engine.run_folder import write_csv
 from pipelines.engine.trainer import MONITORS
 from pipelines.errors import DataError

@@ -43,7 +43,7 @@ def pixelate(image, factor, rng):
 
 
 def jpeg_compression(image, quality, rng):
-    ok, buffer = cv2.imencode(".jpg", image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    _ok, buffer = cv2.imencode(".jpg", image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     return cv2.imdecode(buffer, cv2.IMREAD_COLOR)[:, :, ::-1].copy()
 
 
@@ -132,8 +132,9 @@ def contrast(image, factor, rng):
 
 
 def saturate(image, amount, rng):
+    """Saturation scaled by ``1 + 4 amount`` (multiplicative, so grey pixels with noisy hue stay grey)."""
     hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV).astype(np.float32)
-    hsv[..., 1] = np.clip(hsv[..., 1] + amount * 255, 0, 255)
+    hsv[..., 1] = np.clip(hsv[..., 1] * (1 + 4 * amount), 0, 255)
     return cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)
 
 
