@@ -48,6 +48,18 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _peak_rss() -> int:
+    """This process's resident high-water mark in bytes. VmHWM, not ru_maxrss: Linux carries ru_maxrss
+    over from the parent across fork + exec, which would hide a child's own peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def child(args) -> None:
     """Peak memory of one method, forward + backward, in this fresh process."""
     tensors = _inputs(args, grad=True)
@@ -56,11 +68,11 @@ def child(args) -> None:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        base = _peak_rss()
     _step(args.child, args, tensors, backward=True)
     _sync(args.device)
     peak = (torch.cuda.max_memory_allocated() if args.device.startswith("cuda")
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+            else _peak_rss())
     print(json.dumps({"peak_mib": (peak - base) / 2**20}))
 
 
