@@ -35,14 +35,16 @@ def trained_looking(name: str, side: int) -> torch.nn.Module:
 @pytest.mark.parametrize("name", list_backbones())
 def test_fused_model_equals_the_unfused_one(name):
     side = input_side(name)
-    model = trained_looking(name, side)
+    # MedViTV2's 12-block stack amplifies float32 round-off past 1e-4; float64 shows the folding is exact
+    dtype, tol = (torch.float64, 1e-9) if name.startswith("medvitv2") else (torch.float32, 1e-4)
+    model = trained_looking(name, side).to(dtype)
     fused, report = fuse_batchnorm(model)
-    x = torch.randn(2, 3, side, side)
+    x = torch.randn(2, 3, side, side, dtype=dtype)
     with torch.no_grad():
         expected, got = model(x), fused(x)
     assert report.before > 0 and report.after < report.before, report
     assert expected.abs().max() > 0.05
-    assert (got - expected).abs().max() < 1e-4
+    assert (got - expected).abs().max() < tol * max(1.0, expected.abs().max().item())
     assert any(isinstance(m, _BatchNorm) for m in model.modules())  # the original is left as it was
 
 

@@ -52,10 +52,11 @@ def fuse_batchnorm(model: nn.Module) -> tuple[nn.Module, FusionReport]:
 
 
 class _BatchNormLeafTracer(fx.Tracer):
-    """Keeps every BatchNorm (timm's BatchNormAct2d included) as one node, so it can be matched."""
+    """Keeps every BatchNorm (timm's BatchNormAct2d included) as one node, so it can be matched, and
+    every module marked ``fx_opaque`` (shape-dependent code such as attention) as one untraced call."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, _BatchNorm) or super().is_leaf_module(m, qualname)
+        return isinstance(m, _BatchNorm) or getattr(m, "fx_opaque", False) or super().is_leaf_module(m, qualname)
 
 
 def _fold_traced(model: nn.Module) -> bool:

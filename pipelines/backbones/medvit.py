@@ -147,6 +147,8 @@ class LFP(nn.Module):
 class EfficientMHSA(nn.Module):
     """Multi-head self-attention with keys/values from an ``sr x sr`` average-pooled map (then BN)."""
 
+    fx_opaque = True  # shape-dependent: BatchNorm fusion traces around it
+
     def __init__(self, dim: int, head_dim: int, sr_ratio: int, attn_drop: float = 0.0, proj_drop: float = 0.0):
         super().__init__()
         self.num_heads = dim // head_dim

@@ -198,6 +198,8 @@ class NeighborhoodAttention2d(nn.Module):
     load and parameter counts agree.
     """
 
+    fx_opaque = True  # shape-dependent: BatchNorm fusion traces around it
+
     def __init__(self, dim: int, num_heads: int, kernel_size: int = 7, dilation: int = 1, qkv_bias: bool = True,
                  rel_pos_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0):
         super().__init__()
