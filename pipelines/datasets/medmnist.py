@@ -93,10 +93,11 @@ def download_medmnist(flag: str, size: int, root: str | Path) -> Path:
     path = Path(root) / name
     log.info("downloading %s from %s", name, url)
     try:
-        with atomic_path(path) as tmp, urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
-            while block := response.read(1 << 20):
-                f.write(block)
-            if md5sum(tmp) != info["md5"][str(size)]:
+        with atomic_path(path) as tmp, urllib.request.urlopen(url, timeout=60) as response:
+            with open(tmp, "wb") as f:
+                while block := response.read(1 << 20):
+                    f.write(block)
+            if md5sum(tmp) != info["md5"][str(size)]:  # raising here discards the temporary file
                 raise DataError(f"{name} from {url} does not have the published MD5 {info['md5'][str(size)]}; "
                                 "download it again")
     except OSError as exc:
