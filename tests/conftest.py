@@ -14,6 +14,21 @@ SHARED = Path(os.environ.get("PIPELINES_SHARED", Path(__file__).resolve().parent
 BREAKHIS_REAL = SHARED / "data" / "breakhis"
 
 
+def fit_steps(model, x, y, steps: int = 25, lr: float = 1e-3) -> list[float]:
+    """Full-batch AdamW steps on a toy problem; the losses, to show a backbone can learn on CPU."""
+    import torch
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
 @pytest.fixture(scope="session")
 def breakhis_real() -> Path:
     if not (BREAKHIS_REAL / "BreaKHis_v1").is_dir():

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from pipelines.backbones import create_backbone, save_weights
-from tests.conftest import SHARED
+from tests.conftest import SHARED, fit_steps
 
 FIXTURES = SHARED / "fixtures"
 
@@ -58,12 +58,5 @@ def test_trains_on_cpu():
     y = torch.arange(16) % 2
     x[y == 0, :, :, :32] += 1
     x[y == 1, :, :, 32:] += 1
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(25):
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit_steps(model, x, y)
     assert losses[-1] < 0.5 * losses[0], losses

@@ -9,6 +9,7 @@ import torch
 from pipelines.backbones import create_backbone, head_prefixes, load_weights, save_weights
 from pipelines.backbones.kan import FasterKAN
 from pipelines.backbones.medvit import GFP, MEDVIT_CONFIGS, LocalFeedForward, MedViT
+from tests.conftest import fit_steps
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "reference_param_counts.json"
 
@@ -72,14 +73,7 @@ def test_learns_a_toy_task_and_round_trips_weights(tmp_path):
     model = create_backbone("medvitv2_tiny", num_classes=2, in_chans=1)
     x = torch.randn(32, 1, 28, 28)
     y = (x[:, :, :14].mean(dim=(1, 2, 3)) > x[:, :, 14:].mean(dim=(1, 2, 3))).long()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(25):
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit_steps(model, x, y)
     assert losses[-1] < 0.3 * losses[0]
     model.eval()
     save_weights(model, tmp_path / "m.safetensors")

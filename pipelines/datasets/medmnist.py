@@ -151,11 +151,13 @@ def read_medmnist(root: str | Path, flag: str, size: int = 28, file: str | Path 
                             f"(x 3); check data.size")
         if len(y) != len(x):
             raise DataError(f"{path}: {len(x)} {split} images but {len(y)} labels")
-        y = y.reshape(len(y), -1) if multilabel else y.reshape(len(y), -1)[:, 0] if y.ndim > 1 else y
+        y = y.reshape(len(y), -1)
         if multilabel and y.shape[1] != n_labels:
             raise DataError(f"{path}: {split}_labels has {y.shape[1]} columns, {flag} has {n_labels} labels")
-        if y.ndim == 2 and not multilabel and y.shape[1] != 1:
-            raise DataError(f"{path}: {split}_labels is {y.shape}, expected one label per image")
+        if not multilabel:
+            if y.shape[1] != 1:
+                raise DataError(f"{path}: {split}_labels is {y.shape}, expected one label per image")
+            y = y[:, 0]
         top = 1 if multilabel else n_labels - 1
         if len(y) and (y.min() < 0 or y.max() > top):
             raise DataError(f"{path}: {split}_labels holds values outside 0..{top} for {flag}")

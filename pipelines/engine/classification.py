@@ -31,7 +31,7 @@ from pipelines.transforms.augment import IMAGENET_MEAN, IMAGENET_STD, build_tran
 
 __all__ = [
     "LabelledImages", "TrainedClassifier", "check_model_config", "build_model", "load_best_model",
-    "load_trained_classifier", "train_classifier", "evaluate_classifier", "SPLITS",
+    "load_trained_classifier", "train_classifier", "evaluate_classifier", "selected_epoch", "SPLITS",
 ]
 
 log = logging.getLogger(__name__)
@@ -229,6 +229,15 @@ def evaluate_classifier(data: LabelledImages, cfg: Mapping, run_dir: Path, ctx: 
     report["info"] = dict(info or {})
     write_json(run_dir / "metrics.json", report)
     return report
+
+
+def selected_epoch(run_dir: Path) -> int | None:
+    """The epoch whose checkpoint is ``best.safetensors`` (the last row marked best in history.csv)."""
+    history = Path(run_dir) / "history.csv"
+    if not history.is_file():
+        return None
+    best = pd.read_csv(history).query("best")
+    return int(best["epoch"].iloc[-1]) if not best.empty else None
 
 
 def _write_predictions(run_dir: Path, rows: pd.DataFrame, probs: np.ndarray, class_names: list[str]) -> None:

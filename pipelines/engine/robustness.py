@@ -25,7 +25,9 @@ import pandas as pd
 import torch
 from sklearn.metrics import balanced_accuracy_score
 
+from pipelines.datasets.images import ArrayImageDataset
 from pipelines.engine.metrics import MULTILABEL, official_acc
+from pipelines.engine.trainer import make_loader, predict
 from pipelines.transforms.augment import build_transform
 from pipelines.transforms.corruptions import category, corrupt, corruption_list
 
@@ -54,16 +56,12 @@ def balanced_error(labels: np.ndarray, probs: np.ndarray, task: str) -> float:
     return float(1 - balanced_accuracy_score(labels, probs.argmax(1)))
 
 
-@torch.no_grad()
-def _predict(model: torch.nn.Module, images: Sequence[np.ndarray], image_size: int, batch_size: int,
-             multilabel: bool, device: torch.device) -> np.ndarray:
-    transform = build_transform("none", image_size)
-    out = []
-    for start in range(0, len(images), batch_size):
-        batch = torch.stack([transform(image=im)["image"] for im in images[start:start + batch_size]]).to(device)
-        logits = model(batch).float()
-        out.append((torch.sigmoid(logits) if multilabel else torch.softmax(logits, 1)).cpu())
-    return torch.cat(out).numpy()
+def _predict(model: torch.nn.Module, images: Sequence[np.ndarray], labels: np.ndarray, image_size: int,
+             batch_size: int, multilabel: bool, device: torch.device) -> np.ndarray:
+    """Evaluation's own path: the 'none' transform, the shared predict loop."""
+    dataset = ArrayImageDataset(images, labels, build_transform("none", image_size))
+    loader = make_loader(dataset, batch_size, workers=0, seed=0, device=device)
+    return predict(model, loader, device, amp=False, show=False, multilabel=multilabel)
 
 
 def robustness_table(model: torch.nn.Module, image_size: int, data: RobustnessData, seed: int = 0,
@@ -75,7 +73,7 @@ def robustness_table(model: torch.nn.Module, image_size: int, data: RobustnessDa
     labels = np.asarray(data.labels)
 
     def score(images, name, cat, severity):
-        probs = _predict(model, images, image_size, batch_size, multilabel, device)
+        probs = _predict(model, images, labels, image_size, batch_size, multilabel, device)
         return {"corruption": name, "category": cat, "severity": severity,
                 "accuracy": official_acc(labels, probs, data.task),
                 "balanced_error": balanced_error(labels, probs, data.task)}

@@ -20,6 +20,7 @@ from pipelines.engine.classification import (
     LabelledImages,
     check_model_config,
     evaluate_classifier,
+    selected_epoch,
     train_classifier,
 )
 from pipelines.engine.distributed import Context
@@ -141,17 +142,11 @@ def train(cfg: Mapping, run_dir: Path, ctx: Context, data: LabelledImages | None
 def evaluate(cfg: Mapping, run_dir: Path, ctx: Context, data: LabelledImages | None = None) -> dict:
     """Best checkpoint on the run's own validation and test splits -> metrics.json, predictions.csv."""
     data = data if data is not None else load_data(cfg, run_dir)
-    history = run_dir / "history.csv"
-    selected = None
-    if history.is_file():
-        frame = pd.read_csv(history)
-        best = frame[frame["best"]]
-        selected = int(best["epoch"].iloc[-1]) if not best.empty else None
     info = {
         "task": "breakhis",
         "classes": cfg["data"]["task"],
         "demo": bool(cfg["run"]["demo"]),
-        "selected_epoch": selected,
+        "selected_epoch": selected_epoch(run_dir),
         "monitor": f"val_{cfg['train']['monitor']}",
         "split": cfg["data"]["split"],
     }

@@ -19,7 +19,7 @@ from pipelines.config import check_choices, load_yaml
 from pipelines.datasets.images import ArrayImageDataset
 from pipelines.datasets.medmnist import FLAGS, SIZES, MedMNISTData, check_flag, read_medmnist
 from pipelines.datasets.medmnist_demo import write_demo_medmnist
-from pipelines.engine.classification import build_model, check_model_config, load_best_model
+from pipelines.engine.classification import build_model, check_model_config, load_best_model, selected_epoch
 from pipelines.engine.distributed import Context
 from pipelines.engine.losses import LOSSES, build_loss, class_weights
 from pipelines.engine.metrics import (
@@ -159,14 +159,9 @@ def evaluate(cfg: Mapping, run_dir: Path, ctx: Context, data: MedMNISTData | Non
                                   title=split)
         if split == "test":
             _write_predictions(run_dir, labels, probs, data)
-    history = run_dir / "history.csv"
-    selected = None
-    if history.is_file():
-        best = pd.read_csv(history).query("best")
-        selected = int(best["epoch"].iloc[-1]) if not best.empty else None
     report["info"] = {
         "task": "medmnist", "dataset": data.flag, "size": data.size, "task_type": data.task,
-        "image_size": d["image_size"], "demo": bool(cfg["run"]["demo"]), "selected_epoch": selected,
+        "image_size": d["image_size"], "demo": bool(cfg["run"]["demo"]), "selected_epoch": selected_epoch(run_dir),
         "monitor": f"val_{cfg['train']['monitor']}", "protocol": "selected on val; test evaluated once",
     }
     if report["info"]["demo"]:
