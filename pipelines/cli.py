@@ -5,6 +5,9 @@
     pipelines list [tasks|backbones|keys] [TASK]
     pipelines eval RUN_DIR [--data-root PATH] [--device ...] [--corruptions [--reference RUN_DIR]]
     pipelines export RUN_DIR [--output DIR] [--opset N]
+    pipelines export RUN_DIR --name NAME [--store DIR]
+    pipelines dashboard [RUNS_DIR ...] [--host ADDRESS] [--port N]
+    pipelines app [--store DIR] [--host ADDRESS] [--port N]
 
 User mistakes end with one line ``error: ...`` and exit status 2; the last line ``run`` prints on
 stdout is the run folder.
@@ -60,11 +63,27 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="with --corruptions: a reference run for BE and rBE (robustness_relative.csv)")
     ev.set_defaults(func=cmd_eval)
 
-    ex = sub.add_parser("export", help="export a run's best model to ONNX (BN fused, parity-checked)")
+    ex = sub.add_parser("export", help="export a run's best model to ONNX (BN fused, parity-checked), "
+                        "or with --name into the model store the app reads (safetensors + model card)")
     ex.add_argument("run_dir")
     ex.add_argument("--output", help="folder for model.onnx and model.json (default: RUN_DIR/export)")
     ex.add_argument("--opset", type=int, default=18, help="ONNX opset (default: 18)")
+    ex.add_argument("--name", help="model store entry to write: STORE/NAME/{model.safetensors,card.json,card.md}")
+    ex.add_argument("--store", default="models", help="model store folder (default: models)")
     ex.set_defaults(func=cmd_export)
+
+    for name, page, help_text in (
+        ("dashboard", "runs", "results dashboards over run folders (Streamlit, localhost)"),
+        ("app", "store", "the clinician upload app over the model store (Streamlit, localhost)"),
+    ):
+        srv = sub.add_parser(name, help=help_text)
+        if page == "runs":
+            srv.add_argument("runs", nargs="*", default=["runs"], help="folders holding run folders (default: runs)")
+        else:
+            srv.add_argument("--store", default="models", help="model store folder (default: models)")
+        srv.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+        srv.add_argument("--port", type=int, default=8501, help="port (default: 8501)")
+        srv.set_defaults(func=cmd_serve, page=name)
     return parser
 
 
@@ -224,6 +243,8 @@ def _robustness(task, cfg: dict, run_dir: Path, reference: str | None, device) -
 
 
 def cmd_export(args) -> int:
+    if args.name:
+        return _export_to_store(args)
     from pipelines.backbones.inference import fuse_batchnorm
     from pipelines.backbones.onnx_export import export_onnx
     from pipelines.engine.classification import load_trained_classifier
@@ -249,6 +270,34 @@ def cmd_export(args) -> int:
              trained.backbone, report.before - report.after, diff, scale)
     print((out / "model.onnx").resolve(), flush=True)
     return 0
+
+
+def _export_to_store(args) -> int:
+    from pipelines.model_store import export_to_store
+
+    if args.output:
+        raise ConfigError("--output is for the ONNX export; with --name the model goes to --store DIR")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    folder = export_to_store(args.run_dir, args.name, args.store)
+    log.info("model %s with its card in %s; 'pipelines app --store %s' serves it", args.name, folder, args.store)
+    print(folder.resolve(), flush=True)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from pipelines.launch import launch
+
+    if args.page == "dashboard":
+        missing = [r for r in args.runs if not Path(r).is_dir()]
+        if missing:
+            raise ConfigError(f"runs folder {missing[0]} not found; pass the folder holding your run folders")
+        page_args = [str(Path(r).resolve()) for r in args.runs]
+    else:
+        if not Path(args.store).is_dir():
+            raise ConfigError(f"model store {args.store} not found; "
+                              "fill it with 'pipelines export RUN_DIR --name NAME --store DIR'")
+        page_args = ["--store", str(Path(args.store).resolve())]
+    return launch(args.page, page_args, args.host, args.port)
 
 
 def cmd_list(args) -> int:

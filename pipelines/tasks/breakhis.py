@@ -162,3 +162,27 @@ def robustness_data(cfg: Mapping, run_dir: Path) -> RobustnessData:
     images = [test.image(i) for i in range(len(test))]
     task = "binary-class" if len(data.class_names) == 2 else "multi-class"
     return RobustnessData(images, data.labels("test"), data.class_names, task, "breakhis")
+
+
+def card_facts(cfg: Mapping, run_dir: Path) -> dict:
+    """What a model card says about a BreakHis model beyond its metrics: its data, its use and its limits."""
+    d = cfg["data"]
+    split = run_dir / "split.csv"
+    counts = ""
+    if split.is_file():
+        table = pd.read_csv(split, dtype={"group": str})
+        per = table.groupby("split").agg(images=("path", "size"), patients=("group", "nunique"))
+        counts = "; " + ", ".join(f"{s} {r.images} images / {r.patients} patients" for s, r in per.iterrows())
+    return {
+        "colour": "rgb",
+        "training_data": f"BreakHis v1 ({d['task']}, magnification {d['magnification']}), split by "
+                         f"{d['split']}{counts}",
+        "intended_use": "Research on H&E-stained breast tissue image patches at 40-400X, like BreakHis's 700x460 "
+                        "fields of view: to study models and to give a second look, never to diagnose.",
+        "limitations": [
+            "BreakHis comes from one laboratory (82 patients, 2014); other scanners, stains and labs shift the "
+            "images and the model's accuracy is unknown there.",
+            "Patches, not whole slides: a patch prediction is not a diagnosis of the patient.",
+            "Probabilities are not calibrated to any clinical population's prevalence.",
+        ],
+    }

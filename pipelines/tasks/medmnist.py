@@ -17,7 +17,7 @@ import torch
 
 from pipelines.config import check_choices, load_yaml
 from pipelines.datasets.images import ArrayImageDataset
-from pipelines.datasets.medmnist import FLAGS, SIZES, MedMNISTData, check_flag, read_medmnist
+from pipelines.datasets.medmnist import CATALOG, FLAGS, SIZES, MedMNISTData, check_flag, read_medmnist
 from pipelines.datasets.medmnist_demo import write_demo_medmnist
 from pipelines.engine.classification import build_model, check_model_config, load_best_model, selected_epoch
 from pipelines.engine.distributed import Context
@@ -191,3 +191,22 @@ def robustness_data(cfg: Mapping, run_dir: Path) -> RobustnessData:
     if images.ndim == 3:
         images = np.repeat(images[..., None], 3, axis=3)
     return RobustnessData(list(images), data.labels["test"], data.class_names, data.task, data.flag)
+
+
+def card_facts(cfg: Mapping, run_dir: Path) -> dict:
+    """What a model card says about a MedMNIST model beyond its metrics: its data, its use and its limits."""
+    d = cfg["data"]
+    info = CATALOG["datasets"][d["dataset"]]
+    samples = ", ".join(f"{s} {n}" for s, n in info["samples"].items())
+    return {
+        "colour": "grey" if info["channels"] == 1 else "rgb",
+        "training_data": f"MedMNIST+ {d['dataset']} at {d['size']} px ({info['task']}; official splits: "
+                         f"{samples}; {info.get('license', 'see medmnist.com')})",
+        "intended_use": f"Research and teaching on {d['dataset']}-like {d['size']} px images: benchmarking "
+                        "models and their robustness, never diagnosis.",
+        "limitations": [
+            f"Images are downsampled to {d['size']} px; fine detail a clinician would use is gone.",
+            "One public data set from few sites; other devices and populations shift the images.",
+            "Probabilities are not calibrated to any clinical population's prevalence.",
+        ],
+    }

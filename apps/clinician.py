@@ -1,0 +1,90 @@
+"""Clinician upload app: pick a carded model of the local store, upload images, read predictions.
+
+Thin over ``pipelines``: the store (``pipelines.model_store``), the prediction and its Grad-CAM
+(``pipelines.serving``). Uploads stay in memory. Start it with ``pipelines app`` (localhost only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import pandas as pd
+import streamlit as st
+
+from pipelines.errors import PipelinesError
+from pipelines.model_store import NOTICE, card_markdown, list_models, load_model
+from pipelines.serving import classify
+
+log = logging.getLogger("pipelines.app")
+UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff"]
+
+
+def _args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="apps/clinician.py")
+    parser.add_argument("--store", default="models")
+    return parser.parse_known_args(sys.argv[1:])[0]
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the model...")
+def _model(store: str, name: str, sha256: str):  # sha256 in the key: a re-exported model is reloaded
+    return load_model(name, store)
+
+
+def _show(prediction) -> None:
+    top, p = prediction.ranked[0]
+    st.markdown(f"**Prediction: {top}** ({p:.1%})")
+    left, right = st.columns(2)
+    left.image(prediction.image, caption="uploaded image", width="stretch")
+    if prediction.overlay is not None:
+        right.image(prediction.overlay, caption=prediction.explained, width="stretch")
+    else:
+        right.info(prediction.explained)
+    table = pd.DataFrame(prediction.ranked[:5], columns=["class", "probability"])
+    table["probability"] = table["probability"].map(lambda v: f"{v:.1%}")
+    st.table(table.set_index("class"))
+    st.caption(f"{prediction.seconds * 1000:.0f} ms on this machine")
+
+
+def main() -> None:
+    st.set_page_config(page_title="pipelines: image classifier", layout="wide")
+    st.title("Image classifier")
+    st.warning(NOTICE, icon="⚠️")
+    store = _args().store
+    cards, problems = list_models(store)
+    for problem in problems:
+        st.sidebar.caption(f"skipped {problem}")
+    if not cards:
+        st.info(f"No model with a card in {store}. Export a finished run into it: "
+                f"`pipelines export RUN_DIR --name NAME --store {store}`")
+        return
+    by_name = {card["name"]: card for card in cards}
+    name = st.sidebar.selectbox("Model", list(by_name))
+    card = by_name[name]
+    with st.sidebar.expander("Model card", expanded=True):
+        st.markdown(card_markdown(card))
+    if card.get("demo"):
+        st.error("This model was trained on SYNTHETIC demo data: its predictions mean nothing for real images.")
+    st.caption(f"{card['task']} model {name}: {', '.join(card['classes'])}; input "
+               f"{card['input']['image_size']} px {'greyscale' if card['input']['colour'] == 'grey' else 'colour'}")
+    try:
+        stored = _model(store, name, card.get("weights_sha256", ""))
+    except PipelinesError as exc:
+        st.error(f"Model {name} cannot be loaded: {exc}")
+        return
+    uploads = st.file_uploader("Upload one or several images (PNG, JPEG or TIFF)", type=UPLOAD_TYPES,
+                               accept_multiple_files=True)
+    for upload in uploads or []:
+        with st.container(border=True):
+            st.subheader(upload.name)
+            try:
+                _show(classify(stored, upload.getvalue(), upload.name))
+            except PipelinesError as exc:
+                st.error(str(exc))
+            except Exception as exc:  # one bad file must not take the page down
+                log.exception("failed on %s", upload.name)
+                st.error(f"{upload.name} could not be processed ({type(exc).__name__}: {exc})")
+
+
+main()

@@ -1,0 +1,204 @@
+"""The local model store the clinician app reads: one folder per model with its weights and its card.
+
+    models/NAME/model.safetensors   the best checkpoint of a finished run
+    models/NAME/card.json           what the model is, what it takes, how well it did, what it is for
+    models/NAME/card.md             the same card for people
+
+A folder without a readable card is not a model of the store: the app lists only carded models.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from pipelines.backbones import create_backbone, load_weights, save_weights
+from pipelines.engine.classification import load_trained_classifier
+from pipelines.engine.run_folder import atomic_write_bytes, check_run_dir, read_config, write_json
+from pipelines.errors import ConfigError
+from pipelines.tasks import get_task
+
+__all__ = ["WEIGHTS", "CARD", "StoredModel", "export_to_store", "list_models", "load_model", "card_markdown"]
+
+WEIGHTS, CARD, CARD_MD = "model.safetensors", "card.json", "card.md"
+NOTICE = "Research use only. Not a medical device: not for diagnosis or treatment decisions."
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_HEADLINE = ("n", "accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "acc", "auc")
+
+
+@dataclass
+class StoredModel:
+    """A model of the store, ready to predict, with its card."""
+
+    name: str
+    model: nn.Module
+    card: dict
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.card["classes"]
+
+    @property
+    def image_size(self) -> int:
+        return int(self.card["input"]["image_size"])
+
+    @property
+    def multilabel(self) -> bool:
+        return self.card["output"] == "sigmoid"
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name or ""):
+        raise ConfigError(f"model name {name!r} is not a plain folder name; use letters, digits, '.', '_' or '-'")
+    return name
+
+
+def _metrics(run_dir: Path) -> dict:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    out = {}
+    for split in ("val", "test"):
+        m = metrics.get(split) or {}
+        head = {k: m[k] for k in _HEADLINE if isinstance(m.get(k), int | float)}
+        if m.get("ci95"):
+            head["ci95"] = m["ci95"]
+        if m.get("per_class"):
+            head["per_class"] = {c: {k: v for k, v in r.items() if k in ("precision", "recall", "f1", "support")}
+                                 for c, r in m["per_class"].items()}
+        out[split] = head
+    info = metrics.get("info", {})
+    out["selection"] = {k: info[k] for k in ("selected_epoch", "monitor", "protocol") if k in info}
+    return out
+
+
+def export_to_store(run_dir: str | Path, name: str, store: str | Path = "models") -> Path:
+    """Write a finished classification run's best model and its card to ``store/name``; returns the folder.
+
+    Written weights first, card last (each atomically): a folder with a card always has its weights.
+    """
+    run_dir, name = check_run_dir(run_dir), check_name(name)
+    cfg = read_config(run_dir)
+    task_name = cfg.get("run", {}).get("task", "")
+    task = get_task(task_name)
+    if not hasattr(task, "card_facts"):
+        raise ConfigError(f"{task_name} runs cannot go to the model store yet (no model card facts)")
+    trained = load_trained_classifier(run_dir)
+    facts = task.card_facts(cfg, run_dir)
+    metrics = _metrics(run_dir)
+    folder = Path(store) / name
+    save_weights(trained.model, folder / WEIGHTS)
+    demo = bool(cfg["run"].get("demo"))
+    limitations = list(facts["limitations"])
+    if demo:
+        limitations.insert(0, "Trained on SYNTHETIC demo data: its predictions on real images are meaningless.")
+    card = {
+        "name": name,
+        "format": 1,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "task": task_name,
+        "backbone": trained.backbone,
+        "classes": trained.class_names,
+        "output": "sigmoid" if _is_multilabel(run_dir) else "softmax",
+        "input": {
+            "image_size": trained.image_size, "colour": facts["colour"], "mean": list(trained.mean),
+            "std": list(trained.std),
+            "preprocessing": f"decode to RGB ({'grey repeated' if facts['colour'] == 'grey' else 'colour'})"
+                             f", resize to {trained.image_size}x{trained.image_size} (area), scale to [0, 1], "
+                             "subtract mean and divide by std per channel: the evaluation transform of training",
+        },
+        "metrics": metrics,
+        "training_data": facts["training_data"] + (" - SYNTHETIC demo data" if demo else ""),
+        "demo": demo,
+        "intended_use": facts["intended_use"],
+        "limitations": limitations,
+        "notice": NOTICE,
+        "source_run": str(run_dir.resolve()),
+        "weights_sha256": hashlib.sha256((folder / WEIGHTS).read_bytes()).hexdigest(),
+    }
+    atomic_write_bytes(folder / CARD_MD, card_markdown(card).encode())
+    write_json(folder / CARD, card)
+    return folder
+
+
+def _is_multilabel(run_dir: Path) -> bool:
+    info = json.loads((run_dir / "metrics.json").read_text()).get("info", {})
+    return str(info.get("task_type", "")).startswith("multi-label")
+
+
+def list_models(store: str | Path = "models") -> tuple[list[dict], list[str]]:
+    """The carded models of the store (sorted by name) and one line per folder that is not a usable model."""
+    cards, problems = [], []
+    store = Path(store)
+    if not store.is_dir():
+        return [], [f"model store {store} not found; fill it with 'pipelines export RUN_DIR --name NAME'"]
+    for folder in sorted(p for p in store.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        card_path = folder / CARD
+        if not card_path.is_file():
+            problems.append(f"{folder.name}: no {CARD}; export it again with 'pipelines export RUN_DIR --name NAME'")
+            continue
+        try:
+            card = json.loads(card_path.read_text())
+            _check_card(card)
+        except (ValueError, KeyError, TypeError) as exc:
+            problems.append(f"{folder.name}: unreadable {CARD} ({exc}); export it again")
+            continue
+        if not (folder / WEIGHTS).is_file():
+            problems.append(f"{folder.name}: card without {WEIGHTS}; export it again")
+            continue
+        cards.append(card)
+    return cards, problems
+
+
+def _check_card(card: dict) -> None:
+    for key in ("name", "task", "backbone", "classes", "output", "input"):
+        if key not in card:
+            raise KeyError(f"missing {key!r}")
+    int(card["input"]["image_size"])
+
+
+def load_model(name: str, store: str | Path = "models") -> StoredModel:
+    """Build the card's backbone and load its safetensors weights (no pickle is ever read)."""
+    folder = Path(store) / check_name(name)
+    card_path = folder / CARD
+    if not card_path.is_file():
+        raise ConfigError(f"{folder} has no {CARD}; export it with 'pipelines export RUN_DIR --name {name}'")
+    card = json.loads(card_path.read_text())
+    model = create_backbone(card["backbone"], num_classes=len(card["classes"]), in_chans=3,
+                            img_size=int(card["input"]["image_size"]))
+    load_weights(model, folder / WEIGHTS)
+    return StoredModel(name, model.eval(), card)
+
+
+def _fmt(value: float, ci: list | None) -> str:
+    return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def card_markdown(card: dict) -> str:
+    """The card for people: what the app shows and what ``card.md`` holds."""
+    i = card["input"]
+    lines = [
+        f"# {card['name']}", "", f"**{card['notice']}**", "",
+        f"- Task: {card['task']} - classes: {', '.join(card['classes'])} ({card['output']} outputs)",
+        f"- Backbone: {card['backbone']}",
+        f"- Input: {i['image_size']}x{i['image_size']} {'greyscale' if i['colour'] == 'grey' else 'colour'}; "
+        f"{i['preprocessing']}; mean {i['mean']}, std {i['std']}",
+        f"- Training data: {card['training_data']}",
+        "", "## Metrics (95% bootstrap CI where given)", "",
+    ]
+    for split in ("test", "val"):
+        m = card["metrics"].get(split) or {}
+        ci = m.get("ci95", {})
+        shown = [f"{k} {_fmt(m[k], ci.get(k))}" for k in _HEADLINE[1:] if k in m]
+        if shown:
+            lines.append(f"- {split} (n={m.get('n', '?')}): " + ", ".join(shown))
+    sel = card["metrics"].get("selection", {})
+    if sel:
+        lines.append(f"- Checkpoint: epoch {sel.get('selected_epoch')} selected on {sel.get('monitor')}")
+    lines += ["", "## Intended use", "", card["intended_use"], "", "## Limitations", ""]
+    lines += [f"- {item}" for item in card["limitations"]]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,77 @@
+"""One image in, a prediction out: what the clinician app (and anything else serving a stored model) calls.
+
+The image goes through exactly the evaluation transform of training (``build_transform("none", size)``),
+so an uploaded file is seen the way the test split was.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from pipelines.datasets.images import decode_image
+from pipelines.engine.explain import gradcam
+from pipelines.model_store import StoredModel
+from pipelines.transforms.augment import build_transform
+
+__all__ = ["MAX_UPLOAD_PIXELS", "Prediction", "classify"]
+
+MAX_UPLOAD_PIXELS = 40_000_000  # a 40-megapixel photo is fine; a whole-slide scan or a bomb is not
+DISPLAY_SIDE = 1024  # the overlay is drawn at most this large
+
+
+@dataclass
+class Prediction:
+    """Class probabilities (in the card's class order), the image as decoded and a Grad-CAM overlay."""
+
+    name: str
+    probs: dict[str, float]
+    image: np.ndarray
+    overlay: np.ndarray | None
+    explained: str
+    seconds: float
+
+    @property
+    def ranked(self) -> list[tuple[str, float]]:
+        return sorted(self.probs.items(), key=lambda kv: -kv[1])
+
+
+def _display(image: np.ndarray) -> np.ndarray:
+    h, w = image.shape[:2]
+    scale = DISPLAY_SIDE / max(h, w)
+    if scale >= 1:
+        return image
+    return cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+
+
+def _overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    heat = cv2.resize(cam.astype(np.float32), (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+    colour = cv2.applyColorMap(np.uint8(np.clip(heat, 0, 1) * 255), cv2.COLORMAP_JET)[..., ::-1]
+    return np.uint8((1 - alpha) * image + alpha * colour)
+
+
+def classify(stored: StoredModel, data: bytes, name: str, explain: bool = True) -> Prediction:
+    """Decode ``data`` safely in memory, predict with ``stored`` and explain the top class.
+
+    Raises:
+        DataError: the file is not an image the model can read (the message names the file and the fix).
+    """
+    start = time.perf_counter()
+    image = decode_image(data, name, colour=stored.card["input"]["colour"], max_pixels=MAX_UPLOAD_PIXELS)
+    x = build_transform("none", stored.image_size)(image=image)["image"][None]
+    if explain:
+        logits, cam = gradcam(stored.model, x)
+    else:
+        with torch.inference_mode():
+            logits, cam = stored.model(x), None
+    probs = torch.sigmoid(logits) if stored.multilabel else torch.softmax(logits, 1)
+    probs = dict(zip(stored.class_names, probs[0].tolist(), strict=True))
+    shown = _display(image)
+    top = max(probs, key=probs.get)
+    return Prediction(name, probs, shown, None if cam is None else _overlay(shown, cam),
+                      f"Grad-CAM for '{top}'" if cam is not None else "no spatial feature map to explain",
+                      time.perf_counter() - start)
