@@ -1,0 +1,102 @@
+"""Clinician-app latency: one uploaded image to a prediction with its Grad-CAM, on this CPU.
+
+    python benchmarks/app_latency.py                       # EfficientNet-B0 at 224 px, a real BreakHis PNG
+    python benchmarks/app_latency.py --backbone medvitv2_tiny --image my.png --runs 21
+
+Times what the app does per upload, stage by stage (decode, the evaluation transform, the network with
+Grad-CAM's backward pass, the overlay) and end to end through ``pipelines.serving.classify``, with and
+without the explanation. The peer, measured in the same rounds: the bare network forward on the
+already-prepared tensor, the floor any app could reach. Medians of ``--runs`` rounds after warm-up; the
+weights are random (speed does not depend on them). Writes ``runs/benchmarks/app_latency.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from pipelines.backbones import create_backbone
+from pipelines.datasets.images import decode_image
+from pipelines.engine.explain import gradcam
+from pipelines.model_store import StoredModel
+from pipelines.serving import MAX_UPLOAD_PIXELS, _display, _overlay, classify
+from pipelines.transforms.augment import build_transform
+
+SHARED_PNG = Path(__file__).resolve().parents[2] / "shared" / "data" / "breakhis"
+
+
+def _stored(backbone: str, size: int) -> StoredModel:
+    model = create_backbone(backbone, num_classes=2, img_size=size).eval()
+    card = {"classes": ["benign", "malignant"], "output": "softmax", "input": {"image_size": size, "colour": "rgb"}}
+    return StoredModel(backbone, model, card)
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="efficientnet_b0")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--image", help="an image file (default: the first BreakHis PNG in ../shared/data)")
+    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--output", default="runs/benchmarks/app_latency.csv")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    path = Path(args.image) if args.image else next(SHARED_PNG.rglob("*.png"))
+    data = path.read_bytes()
+    stored = _stored(args.backbone, args.size)
+    transform = build_transform("none", args.size)
+    image = decode_image(data, path.name, max_pixels=MAX_UPLOAD_PIXELS)
+    x = transform(image=image)["image"][None]
+    cam = gradcam(stored.model, x)[1]
+
+    def forward():
+        with torch.inference_mode():
+            stored.model(x)
+
+    stages = {
+        "decode": lambda: decode_image(data, path.name, max_pixels=MAX_UPLOAD_PIXELS),
+        "transform": lambda: transform(image=image),
+        "forward (peer)": forward,
+        "forward + grad-cam": lambda: gradcam(stored.model, x),
+        "overlay": lambda: _overlay(_display(image), cam),
+        "classify, no explanation": lambda: classify(stored, data, path.name, explain=False),
+        "classify (what the app runs)": lambda: classify(stored, data, path.name),
+    }
+    times: dict[str, list[float]] = {k: [] for k in stages}
+    for i in range(args.warmup + args.runs):
+        for name, fn in stages.items():  # interleaved: a change in machine load hits every stage alike
+            t = _timed(fn)
+            if i >= args.warmup:
+                times[name].append(t)
+    peer = statistics.median(times["forward (peer)"])
+    rows = []
+    print(f"{args.backbone} at {args.size} px, {path.name} ({image.shape[1]}x{image.shape[0]}), "
+          f"{args.threads} threads, median of {args.runs}")
+    for name, values in times.items():
+        ms = statistics.median(values) * 1000
+        rows.append({"backbone": args.backbone, "size": args.size, "threads": args.threads, "stage": name,
+                     "median_ms": round(ms, 2), "vs_forward": round(ms / (peer * 1000), 2), "runs": args.runs})
+        print(f"  {name:30s} {ms:8.1f} ms  ({ms / (peer * 1000):.2f} x forward)")
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
