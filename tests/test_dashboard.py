@@ -1,0 +1,103 @@
+"""The results dashboard page (dashboards/results.py) in Streamlit's AppTest, on synthetic run folders."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_results import CLASSES, CONFUSION, write_classification_run, write_config, write_robustness_files
+
+PAGE = str(Path(__file__).resolve().parents[1] / "dashboards" / "results.py")
+
+
+@pytest.fixture()
+def runs_root(tmp_path) -> Path:
+    """A finished demo run with robustness files, a finished real-data run, and one still training."""
+    write_robustness_files(write_classification_run(tmp_path, name="demo", demo=True, accuracy=0.8))
+    write_classification_run(tmp_path, name="subtype", demo=False, accuracy=0.9)
+    write_config(tmp_path / "breakhis" / "training")
+    return tmp_path
+
+
+def dashboard(monkeypatch, root: Path, view: str | None = None, run: str | None = None):
+    """The page served on ``root`` (as ``pipelines dashboard ROOT`` passes it), after its first run."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setattr(sys, "argv", ["results.py", str(root)])
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    if view:
+        at.session_state["view"] = view
+    if run:
+        at.session_state["run"] = run
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def markdown_texts(at) -> list[str]:
+    return [m.value for m in at.markdown]
+
+
+def test_runs_browser_lists_every_run(monkeypatch, runs_root):
+    at = dashboard(monkeypatch, runs_root)
+    table = at.dataframe[0].value
+    assert sorted(table["run"]) == ["breakhis/demo", "breakhis/subtype", "breakhis/training"]
+    rows = table.set_index("run")
+    assert rows.loc["breakhis/demo", "data"] == "SYNTHETIC demo" and rows.loc["breakhis/subtype", "data"] == ""
+    assert not rows.loc["breakhis/training", "finished"]
+    at.sidebar.selectbox(key="sort_by").set_value("accuracy").run()
+    assert list(at.dataframe[0].value["run"]) == ["breakhis/subtype", "breakhis/demo", "breakhis/training"]
+    assert at.sidebar.selectbox(key="run").options[0].startswith("breakhis/subtype")
+
+
+def test_selected_run_shows_its_confusion_matrix(monkeypatch, runs_root):
+    at = dashboard(monkeypatch, runs_root, view="Run detail")
+    at.sidebar.selectbox(key="run").set_value("breakhis/demo").run()
+    assert not at.exception
+    assert any("SYNTHETIC demo data" in w.value for w in at.warning)
+    texts = markdown_texts(at)
+    assert "#### Confusion matrix (counts)" in texts and "#### Confusion matrix (row-normalised)" in texts
+    counts = next(t.value for t in at.table if t.value.shape == (3, 3) and t.value.dtypes.iloc[0].kind == "i")
+    assert counts.index.tolist() == CLASSES and counts.to_numpy().tolist() == CONFUSION
+    assert any(m.value.startswith("#### Most confident mistakes (3 wrong") for m in at.markdown)
+    assert len(at.get("image")) == 3
+
+
+def test_robustness_section_only_where_the_run_has_it(monkeypatch, runs_root):
+    at = dashboard(monkeypatch, runs_root, view="Run detail", run="breakhis/demo")
+    assert "#### Corruption robustness (test split)" in markdown_texts(at)
+    assert any(t.startswith("##### BE and rBE relative to") for t in markdown_texts(at))
+    at = dashboard(monkeypatch, runs_root, view="Run detail", run="breakhis/subtype")
+    assert not any("robustness" in t for t in markdown_texts(at))
+
+
+def test_unfinished_run_says_so(monkeypatch, runs_root):
+    at = dashboard(monkeypatch, runs_root, view="Run detail", run="breakhis/training")
+    assert any("No metrics.json yet" in i.value for i in at.info)
+
+
+def test_corrupt_metrics_is_a_warning_line(monkeypatch, runs_root):
+    (runs_root / "breakhis" / "subtype" / "metrics.json").write_text("{not json")
+    at = dashboard(monkeypatch, runs_root, view="Run detail", run="breakhis/subtype")
+    warnings = [w.value for w in at.warning]
+    assert any(w.startswith("breakhis/subtype: metrics.json is not valid JSON") for w in warnings)  # runs index
+    assert any(w.startswith("metrics.json is not valid JSON") for w in warnings)  # the run's own page
+    assert not any("No metrics.json yet" in i.value for i in at.info)
+    assert "#### Training curves" in markdown_texts(at)  # the rest of the page still shows
+
+
+def test_compare_and_speed_views(monkeypatch, runs_root):
+    at = dashboard(monkeypatch, runs_root, view="Compare runs")
+    assert sorted(at.table[0].value.columns) == ["breakhis/demo", "breakhis/subtype"]  # finished runs by default
+    at.multiselect(key="compare_runs").set_value(["breakhis/demo", "breakhis/subtype", "breakhis/training"]).run()
+    assert at.table[0].value.loc["accuracy"].tolist()[:2] == [0.8, 0.9]
+    assert len(at.get("vega_lite_chart")) == 1  # the overlaid validation curves
+    at = dashboard(monkeypatch, runs_root, view="Speed vs accuracy")
+    assert any("No backbone benchmark table" in i.value for i in at.info)
+
+
+def test_empty_root_says_how_to_make_a_run(monkeypatch, tmp_path):
+    at = dashboard(monkeypatch, tmp_path)
+    assert len(at.info) == 1 and "pipelines run breakhis --demo" in at.info[0].value
