@@ -68,7 +68,7 @@ def test_decode_reads_png_jpeg_tiff_and_drops_alpha():
 @pytest.mark.parametrize(("data", "colour", "message"), [
     (b"", "rgb", "x.png is empty"),
     (b"%PDF-1.4 not an image", "rgb", "x.png is not an image file"),
-    (_png_header(8000, 8000), "rgb", "x.png is 8000x8000 pixels, more than 40,000,000; crop or downscale"),
+    (_png_header(8000, 8000), "rgb", "x.png is 8000x8000 pixels, more than 40,000,000; crop, downscale or tile it"),
     (_png_header(30000, 30000), "rgb", "x.png is too large to decode safely"),
     (_encode(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))[:6000], "rgb",
      "x.png is corrupt or truncated"),

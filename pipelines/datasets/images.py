@@ -20,12 +20,14 @@ __all__ = ["read_image", "decode_image", "check_image_files", "ImageTableDataset
 MAX_PIXELS = 100_000_000  # larger images are refused as possible decompression bombs
 
 
-def _open(path: Path) -> Image.Image:
+def _open(source: Path | io.BytesIO, name: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open lazily (header only) and refuse images over ``max_pixels`` before any pixel is decoded."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        image = Image.open(path)
-    if image.width * image.height > MAX_PIXELS:
-        raise DataError(f"{path} is {image.width}x{image.height}, larger than {MAX_PIXELS} pixels; tile it")
+        image = Image.open(source)
+    if image.width * image.height > max_pixels:
+        raise DataError(f"{name} is {image.width}x{image.height} pixels, more than {max_pixels:,}; "
+                        "crop, downscale or tile it")
     return image
 
 
@@ -33,7 +35,7 @@ def read_image(path: str | Path, mode: str = "RGB") -> np.ndarray:
     """Decode an image file to a uint8 array (H, W, C); a broken file is a DataError naming it."""
     path = Path(path)
     try:
-        with _open(path) as image:
+        with _open(path, path) as image:
             return np.asarray(image.convert(mode))
     except DataError:
         raise
@@ -63,13 +65,8 @@ def decode_image(data: bytes, name: str, colour: str = "rgb", max_pixels: int = 
     if not data:
         raise DataError(f"{name} is empty; upload the image file itself")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            if image.width * image.height > max_pixels:
-                raise DataError(f"{name} is {image.width}x{image.height} pixels, more than {max_pixels:,}; "
-                                "crop or downscale it")
-            image.load()
+        image = _open(io.BytesIO(data), name, max_pixels)
+        image.load()
     except DataError:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
@@ -100,7 +97,7 @@ def _to_rgb(image: Image.Image, name: str, colour: str) -> np.ndarray:
 
 def _check_one(path: Path) -> str | None:
     try:
-        with _open(path) as image:
+        with _open(path, path) as image:
             image.verify()
     except Exception as exc:
         return f"{path} ({type(exc).__name__}: {exc})"
