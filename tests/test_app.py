@@ -4,6 +4,7 @@ training's evaluation transform, Grad-CAM, and the Streamlit page itself (AppTes
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import struct
 import sys
@@ -133,6 +134,19 @@ def test_store_lists_only_models_with_a_readable_card(store, tmp_path):
 def test_export_refuses_bad_names(trained_run, tmp_path, capsys, argv, message):
     assert main(["export", str(trained_run), "--store", str(tmp_path), *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_servers_bind_to_localhost_unless_told(monkeypatch, store):
+    from pipelines import launch
+
+    seen = []
+    monkeypatch.setattr(launch.subprocess, "call", lambda cmd: seen.append(cmd) or 0)
+    assert main(["app", "--store", str(store)]) == 0
+    assert main(["dashboard", str(store), "--host", "0.0.0.0", "--port", "8600"]) == 0
+    app, dashboard = (dict(itertools.pairwise(cmd)) for cmd in seen)
+    assert app["--server.address"] == "127.0.0.1" and app["run"].endswith("apps/clinician.py")
+    assert dashboard["--server.address"] == "0.0.0.0" and dashboard["--server.port"] == "8600"
+    assert seen[0][-2:] == ["--store", str(store.resolve())]
 
 
 def test_serving_commands_refuse_missing_folders(tmp_path, capsys):
