@@ -52,7 +52,7 @@ def test_demo_learns_and_writes_a_complete_run_folder(binary_run, breakhis_demo)
     preds = pd.read_csv(binary_run / "predictions.csv")
     assert len(preds) == (split["split"] == "test").sum() == test["n"]
     assert {"path", "label", "pred", "prob_benign", "prob_malignant"} <= set(preds.columns)
-    np.testing.assert_allclose(preds[["prob_benign", "prob_malignant"]].sum(1), 1, atol=1e-4)
+    np.testing.assert_allclose(preds[["prob_benign", "prob_malignant"]].sum(axis=1), 1, atol=1e-4)
 
     history = pd.read_csv(binary_run / "history.csv")
     assert list(history["epoch"]) == list(range(1, len(history) + 1))
