@@ -69,12 +69,12 @@ def load_weights(
     return skipped
 
 
-def save_weights(model_or_state: nn.Module | dict, path: str | Path) -> None:
-    """Save as safetensors, atomically."""
+def save_weights(model_or_state: nn.Module | dict, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Save as safetensors, atomically; ``metadata`` (strings) travels in the file's header."""
     from safetensors.torch import save
 
     from pipelines.engine.run_folder import atomic_write_bytes
 
     state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    atomic_write_bytes(path, save(state))
+    atomic_write_bytes(path, save(state, metadata=metadata))
