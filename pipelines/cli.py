@@ -8,6 +8,8 @@
     pipelines export RUN_DIR --name NAME [--store DIR]
     pipelines dashboard [RUNS_DIR ...] [--host ADDRESS] [--port N]
     pipelines app [--store DIR] [--host ADDRESS] [--port N]
+    pipelines tile --model RUN_DIR|WEIGHTS INPUT... --output DIR [--tile N] [--overlap N]
+                   [--workers N | --scheduler ADDRESS] [--vectorize] [--probabilities] [--overwrite]
 
 User mistakes end with one line ``error: ...`` and exit status 2; the last line ``run`` prints on
 stdout is the run folder.
@@ -84,6 +86,34 @@ def _build_parser() -> argparse.ArgumentParser:
         srv.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
         srv.add_argument("--port", type=int, default=8501, help="port (default: 8501)")
         srv.set_defaults(func=cmd_serve, page=name)
+
+    tl = sub.add_parser("tile", help="segment large GeoTIFFs block by block (windowed, Dask) into COG masks, "
+                        "resumable; optional GeoJSON footprints")
+    tl.add_argument("inputs", nargs="+", metavar="INPUT", help="GeoTIFF files or folders of them")
+    tl.add_argument("--model", required=True, metavar="RUN_DIR|WEIGHTS",
+                    help="a buildings run folder or a segmentation .safetensors file")
+    tl.add_argument("--output", required=True, metavar="DIR", help="folder for NAME.tif, NAME.geojson, manifest.json")
+    tl.add_argument("--tile", type=int, help="window side in pixels, a multiple of 32 (default: the model's)")
+    tl.add_argument("--overlap", type=int, default=64, help="pixels shared by neighbouring windows (default: 64)")
+    tl.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default: 4)")
+    tl.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    tl.add_argument("--threshold", type=float, help="probability for a building pixel (default: the model's)")
+    tl.add_argument("--probabilities", action="store_true",
+                    help="write float32 probabilities (nodata -1) instead of a uint8 0/1 mask (nodata 255)")
+    tl.add_argument("--vectorize", action="store_true",
+                    help="also write footprints as GeoJSON in the input's CRS (area, mean probability)")
+    where = tl.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int,
+                       help="local Dask workers, one thread each (default: one per CPU core); 0: in-process, no Dask")
+    where.add_argument("--scheduler", metavar="ADDRESS", help="an existing Dask scheduler, e.g. tcp://host:8786")
+    tl.add_argument("--overwrite", action="store_true", help="redo outputs made with another model or settings")
+    tl.add_argument("--mosaic", metavar="NAME",
+                    help="process the inputs (adjacent tiles on one grid) as one raster -> NAME.tif, seamless")
+    tl.add_argument("--scale", type=float,
+                    help="divide pixels by this to reach [0, 1] (default: 255 for uint8, the type's max for "
+                         "other integers, 1 for floats)")
+    tl.add_argument("--block-tiles", type=int, help="windows per block side (default: blocks of about 1024 px)")
+    tl.set_defaults(func=cmd_tile)
     return parser
 
 
@@ -168,6 +198,14 @@ def _summary(run_dir: Path) -> None:
     metrics = json.loads(path.read_text())
     for split in ("val", "test"):
         m = metrics.get(split, {})
+        if "iou" in m:  # segmentation (buildings)
+            ci = m.get("ci95", {}).get("iou")
+            iou_ci = " [{:.3f}, {:.3f}]".format(*ci) if ci else ""
+            log.info("%s: building IoU %.3f%s, F1 %.3f, precision %.3f, recall %.3f, relaxed P/R %.3f/%.3f, "
+                     "mean IoU %.3f, pixel accuracy %.3f (%d tiles)", split, m["iou"], iou_ci, m["f1"], m["precision"],
+                     m["recall"], m["relaxed_precision"], m["relaxed_recall"], m["mean_iou"], m["pixel_accuracy"],
+                     m["n_tiles"])
+            continue
         ci = m.get("ci95", {})
         acc_ci = " [{:.3f}, {:.3f}]".format(*ci["accuracy"]) if ci.get("accuracy") else ""
         auc = f"{m['roc_auc']:.3f}" if m.get("roc_auc") is not None else "n/a"
@@ -298,6 +336,20 @@ def cmd_serve(args) -> int:
                               "fill it with 'pipelines export RUN_DIR --name NAME --store DIR'")
         page_args = ["--store", str(Path(args.store).resolve())]
     return launch(args.page, page_args, args.host, args.port)
+
+
+def cmd_tile(args) -> int:
+    from pipelines.tiling import TileOptions, run_job
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    opts = TileOptions(model=args.model, inputs=args.inputs, output=args.output, tile=args.tile,
+                       overlap=args.overlap, batch_size=args.batch_size, device=args.device,
+                       threshold=args.threshold, probabilities=args.probabilities, vectorize=args.vectorize,
+                       workers=args.workers, scheduler=args.scheduler, overwrite=args.overwrite,
+                       block_tiles=args.block_tiles, scale=args.scale, mosaic=args.mosaic)
+    summary = run_job(opts)
+    print(summary.output, flush=True)
+    return 2 if summary.failed else 0
 
 
 def cmd_list(args) -> int:

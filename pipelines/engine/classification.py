@@ -152,7 +152,10 @@ def load_trained_classifier(run_dir: str | Path) -> TrainedClassifier:
     metrics = run_dir / "metrics.json"
     if not metrics.is_file():
         raise ConfigError(f"{run_dir} has no metrics.json; let the run finish or run 'pipelines eval {run_dir}'")
-    class_names = json.loads(metrics.read_text())["val"]["class_names"]
+    class_names = json.loads(metrics.read_text()).get("val", {}).get("class_names")
+    if not class_names:
+        raise ConfigError(f"{run_dir} is not a classification run (no class names in metrics.json); "
+                          "segmentation runs serve through 'pipelines tile --model RUN_DIR'")
     model = load_best_model(cfg, run_dir, len(class_names))
     return TrainedClassifier(model, cfg["model"]["backbone"], class_names, int(cfg["data"]["image_size"]))
 

@@ -1,4 +1,4 @@
-"""Cost-sensitive losses: class-weighted cross-entropy and focal loss."""
+"""Losses: class-weighted cross-entropy and focal loss (classification), Dice + BCE (binary segmentation)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch import nn
 
 from pipelines.errors import DataError
 
-__all__ = ["LOSSES", "class_weights", "FocalLoss", "build_loss"]
+__all__ = ["LOSSES", "class_weights", "FocalLoss", "build_loss", "DiceBCELoss"]
 
 LOSSES = ("ce", "weighted_ce", "focal")
 
@@ -53,3 +53,45 @@ def build_loss(name: str, weights: torch.Tensor | None, gamma: float = 2.0) -> n
     if name == "focal":
         return FocalLoss(gamma, weights)
     raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
+
+
+class DiceBCELoss(nn.Module):
+    """Binary cross-entropy plus soft Dice loss (``1 - Dice``) for one-channel masks, ignoring invalid pixels.
+
+    Dice is computed over the whole batch (not per image), so crops without any foreground stay stable.
+    With deep supervision the model returns a list of logits ``[main, aux_1, ...]``; the loss is the mean of
+    each head's loss.
+
+    Args:
+        bce_weight, dice_weight: weights of the two terms.
+        smooth: added to Dice's numerator and denominator (no 0/0 on empty batches).
+
+    Shapes:
+        logits ``(B, 1, H, W)`` (or a list of them); target ``(B, 1, H, W)`` of 0/1, or ``(B, 2, H, W)``
+        whose second channel is 1 where the pixel counts and 0 where it does not (no-data areas).
+
+    Example:
+        >>> loss = DiceBCELoss()(torch.zeros(2, 1, 8, 8), torch.ones(2, 1, 8, 8))
+        >>> round(float(loss), 3)  # BCE log 2, plus 1 - (2 * 64 + 1) / (64 + 128 + 1)
+        1.025
+    """
+
+    def __init__(self, bce_weight: float = 1.0, dice_weight: float = 1.0, smooth: float = 1.0):
+        super().__init__()
+        self.bce_weight, self.dice_weight, self.smooth = bce_weight, dice_weight, smooth
+
+    def forward(self, logits: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        if isinstance(logits, (list, tuple)):
+            return torch.stack([self(head, target) for head in logits]).mean()
+        logits = logits.float()
+        target = target.float()
+        if target.shape[1] == 2:
+            target, valid = target[:, :1], target[:, 1:]
+        else:
+            valid = torch.ones_like(target)
+        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        bce = (bce * valid).sum() / valid.sum().clamp_min(1)
+        prob = torch.sigmoid(logits) * valid
+        truth = target * valid
+        dice = (2 * (prob * truth).sum() + self.smooth) / (prob.sum() + truth.sum() + self.smooth)
+        return self.bce_weight * bce + self.dice_weight * (1 - dice)

@@ -1,6 +1,7 @@
-"""Classification metrics, one module for every task (scikit-learn underneath).
+"""Metrics, one module for every task: classification (scikit-learn underneath) and binary segmentation.
 
-``classification_metrics`` returns the dict stored under ``metrics.json``'s ``val`` and ``test``.
+``classification_metrics`` and ``segmentation_scores`` return the dicts stored under ``metrics.json``'s
+``val`` and ``test``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from sklearn.metrics import (
 
 __all__ = [
     "classification_metrics", "bootstrap_ci", "grouped_metrics", "breakdown", "official_auc", "official_acc",
-    "multilabel_metrics",
+    "multilabel_metrics", "segmentation_counts", "segmentation_scores", "segmentation_metrics",
+    "relaxed_precision_recall",
 ]
 
 MULTILABEL = "multi-label, binary-class"
@@ -183,3 +185,116 @@ def multilabel_metrics(y_true: np.ndarray, probs: np.ndarray, label_names: Seque
         "per_class": per_label,
         "class_names": list(label_names),
     }
+
+
+# --- binary segmentation ------------------------------------------------------------------------------------
+
+SEGMENTATION_COUNTS = ("tp", "fp", "fn", "tn", "relaxed_tp_pred", "relaxed_tp_true")
+
+
+def _near(mask: np.ndarray, slack: float) -> np.ndarray:
+    """Pixels within Euclidean distance ``slack`` of a True pixel of ``mask``."""
+    if slack <= 0 or not mask.any():
+        return mask.copy()
+    import cv2
+
+    distance = cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    return distance <= slack
+
+
+def segmentation_counts(pred: np.ndarray, target: np.ndarray, valid: np.ndarray | None = None,
+                        slack: float = 3) -> dict[str, int]:
+    """Pixel counts of a binary prediction against the truth, summable over tiles (micro averages).
+
+    Args:
+        pred, target: ``(H, W)`` masks, True (or 1) for the foreground (building).
+        valid: ``(H, W)``, False where pixels count nowhere (no-data areas); None counts every pixel.
+        slack: distance in pixels for the relaxed counts (Mnih's protocol uses 3).
+
+    Returns:
+        ``tp, fp, fn, tn``; ``relaxed_tp_pred`` (predicted pixels with a true pixel within ``slack``) and
+        ``relaxed_tp_true`` (true pixels with a predicted pixel within ``slack``).
+    """
+    pred, target = np.asarray(pred).astype(bool), np.asarray(target).astype(bool)
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction {pred.shape} and truth {target.shape} differ in shape")
+    if valid is not None:
+        valid = np.asarray(valid).astype(bool)
+        pred, target = pred & valid, target & valid
+        n = int(valid.sum())
+    else:
+        n = pred.size
+    tp = int((pred & target).sum())
+    n_pred, n_true = int(pred.sum()), int(target.sum())
+    return {
+        "tp": tp, "fp": n_pred - tp, "fn": n_true - tp, "tn": n - n_pred - n_true + tp,
+        "relaxed_tp_pred": int((pred & _near(target, slack)).sum()),
+        "relaxed_tp_true": int((target & _near(pred, slack)).sum()),
+    }
+
+
+def _ratio(num: int, den: int, absent: bool) -> float:
+    """``num / den``; 0/0 is 1.0 when the class is absent from truth and prediction alike, else 0.0."""
+    return num / den if den else (1.0 if absent else 0.0)
+
+
+def segmentation_scores(counts: dict[str, int]) -> dict:
+    """Scores from (summed) :func:`segmentation_counts`.
+
+    Building class: ``iou``, ``f1``, ``precision``, ``recall``, ``relaxed_precision``, ``relaxed_recall``;
+    both classes: ``mean_iou``, ``mean_accuracy`` (mean per-class recall) and ``mean_precision``;
+    ``pixel_accuracy``, ``building_fraction`` (of the counted pixels) and ``pixels``. A ratio whose
+    denominator is 0 is 1.0 when the class is in neither the truth nor the prediction and 0.0 otherwise;
+    with no pixel counted at all every score is None.
+
+    Example:
+        >>> m = segmentation_scores(segmentation_counts(np.eye(4), np.eye(4), slack=0))
+        >>> m["iou"], m["pixel_accuracy"], m["building_fraction"]
+        (1.0, 1.0, 0.25)
+    """
+    tp, fp, fn, tn = (int(counts[k]) for k in ("tp", "fp", "fn", "tn"))
+    n = tp + fp + fn + tn
+    names = ("iou", "f1", "precision", "recall", "mean_iou", "mean_accuracy", "mean_precision", "pixel_accuracy",
+             "relaxed_precision", "relaxed_recall", "building_fraction")
+    if n == 0:
+        return {**dict.fromkeys(names), "pixels": 0}
+    no_building, no_background = tp + fp + fn == 0, tn + fp + fn == 0
+    iou = _ratio(tp, tp + fp + fn, no_building)
+    background_iou = _ratio(tn, tn + fp + fn, no_background)
+    precision = _ratio(tp, tp + fp, no_building)
+    recall = _ratio(tp, tp + fn, no_building)
+    return {
+        "iou": iou,
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn, no_building),
+        "precision": precision,
+        "recall": recall,
+        "mean_iou": (iou + background_iou) / 2,
+        "mean_accuracy": (recall + _ratio(tn, tn + fp, no_background)) / 2,
+        "mean_precision": (precision + _ratio(tn, tn + fn, no_background)) / 2,
+        "pixel_accuracy": (tp + tn) / n,
+        "relaxed_precision": _ratio(int(counts["relaxed_tp_pred"]), tp + fp, no_building),
+        "relaxed_recall": _ratio(int(counts["relaxed_tp_true"]), tp + fn, no_building),
+        "building_fraction": (tp + fn) / n,
+        "pixels": n,
+    }
+
+
+def segmentation_metrics(pred: np.ndarray, target: np.ndarray, valid: np.ndarray | None = None,
+                         slack: float = 3) -> dict:
+    """:func:`segmentation_scores` of one mask (for several tiles, sum their counts first: micro averages)."""
+    return segmentation_scores(segmentation_counts(pred, target, valid, slack))
+
+
+def relaxed_precision_recall(pred: np.ndarray, target: np.ndarray, slack: float = 3,
+                             valid: np.ndarray | None = None) -> tuple[float, float]:
+    """Mnih's relaxed precision and recall: a predicted pixel is correct if a true pixel lies within ``slack``
+    pixels (Euclidean), and a true pixel is recalled if a predicted pixel lies within ``slack`` pixels.
+
+    Example:
+        >>> truth = np.zeros((1, 10), bool); truth[0, 2] = True
+        >>> pred = np.zeros((1, 10), bool); pred[0, [4, 9]] = True
+        >>> relaxed_precision_recall(pred, truth, slack=3)  # 4 is 2 px from the truth, 9 is 7 px away
+        (0.5, 1.0)
+    """
+    m = segmentation_metrics(pred, target, valid, slack)
+    return m["relaxed_precision"], m["relaxed_recall"]

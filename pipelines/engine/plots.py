@@ -1,4 +1,5 @@
-"""PNG plots for the run folder: confusion matrix and training curves (matplotlib, headless)."""
+"""PNG plots for the run folder: confusion matrix and training curves (matplotlib, headless), and
+segmentation overlays (drawn with OpenCV)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ import pandas as pd
 
 from pipelines.engine.run_folder import atomic_write_bytes
 
-__all__ = ["plot_confusion_matrix", "plot_history"]
+__all__ = ["plot_confusion_matrix", "plot_history", "segmentation_overlay", "save_png"]
+
+# true positives green, false positives red, false negatives blue
+OVERLAY_COLOURS = {"tp": (0, 200, 0), "fp": (230, 0, 0), "fn": (0, 90, 255)}
 
 
 def _figure():
@@ -74,3 +78,39 @@ def plot_history(history: pd.DataFrame, path: Path, monitor: str) -> None:
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
+
+
+def segmentation_overlay(image: np.ndarray, pred: np.ndarray, target: np.ndarray, valid: np.ndarray | None = None,
+                         max_side: int = 512, alpha: float = 0.55) -> np.ndarray:
+    """The image with true positives green, false positives red and false negatives blue blended over it,
+    no-data pixels (``valid`` False) greyed out, downsized so its longer side is at most ``max_side``.
+
+    Args:
+        image: ``(H, W, 3)`` uint8 RGB; pred, target: ``(H, W)`` masks; valid: ``(H, W)`` or None.
+
+    Returns:
+        ``(h, w, 3)`` uint8 RGB.
+    """
+    import cv2
+
+    pred, target = pred.astype(bool), target.astype(bool)
+    out = image[..., :3].astype(np.float32)
+    for name, where in (("tp", pred & target), ("fp", pred & ~target), ("fn", ~pred & target)):
+        out[where] = (1 - alpha) * out[where] + alpha * np.array(OVERLAY_COLOURS[name], np.float32)
+    if valid is not None:
+        out[~valid.astype(bool)] = 128
+    h, w = out.shape[:2]
+    scale = max_side / max(h, w)
+    if scale < 1:
+        out = cv2.resize(out, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    return out.clip(0, 255).astype(np.uint8)
+
+
+def save_png(rgb: np.ndarray, path: Path) -> None:
+    """An RGB uint8 array as a PNG, atomically."""
+    import cv2
+
+    ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError(f"could not encode {path} as PNG")
+    atomic_write_bytes(path, data.tobytes())

@@ -1,4 +1,4 @@
-"""The training loop every classification task shares.
+"""The training loop every task shares (classification, and segmentation with its own validation).
 
 AdamW with linear warm-up and a cosine schedule, validation after each epoch, best-checkpoint selection
 and early stopping on a validation metric, mixed precision on GPU, channels-last, DDP under torchrun,
@@ -123,12 +123,13 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device, amp: boo
 
 
 class Trainer:
-    """Fit a classifier into ``run_dir`` according to the ``train`` section of a task config.
+    """Fit a model (a classifier, or a segmenter with a ``validator``) into ``run_dir`` by a config's ``train``.
 
     Args:
         model: the network (moved to the device here).
         loss_fn: training loss (also reported on validation).
-        train_set, val_set: datasets yielding ``{"image", "label"}``.
+        train_set, val_set: datasets yielding ``{"image", "label"}`` (``val_set`` may be None with a
+            ``validator``).
         class_names: names of the classes, in label order.
         cfg: the resolved task config (``seed``, ``data.workers``, ``train.*``).
         run_dir: the run folder.
@@ -137,19 +138,26 @@ class Trainer:
         scorer: ``scorer(labels, probs) -> dict`` of validation metrics (the monitor among them);
             :func:`classification_metrics` by default.
         multilabel: sigmoid outputs and 0/1 label rows (the loss must take logits and float targets).
+        validator: ``validator(model) -> dict`` of validation metrics with ``loss`` and the monitor, run
+            instead of predicting ``val_set`` (segmentation scores whole tiles by sliding window).
+        save: ``save(model, path)`` writes ``best.safetensors`` and ``last.safetensors``
+            (:func:`save_weights` by default; segmentation stores its spec in the file).
+        target: the batch key of the training target (``label``; ``mask`` for segmentation).
     """
 
-    def __init__(self, model: nn.Module, loss_fn: nn.Module, train_set: Dataset, val_set: Dataset,
+    def __init__(self, model: nn.Module, loss_fn: nn.Module, train_set: Dataset, val_set: Dataset | None,
                  class_names: list[str], cfg: Mapping, run_dir: Path, ctx: Context,
                  sample_weights: torch.Tensor | None = None, scorer: Callable | None = None,
-                 multilabel: bool = False):
-        if len(val_set) == 0:
+                 multilabel: bool = False, validator: Callable[[nn.Module], dict] | None = None,
+                 save: Callable[[nn.Module, Path], None] | None = None, target: str = "label"):
+        if validator is None and (val_set is None or len(val_set) == 0):
             raise DataError("the validation split is empty; raise data.val_fraction or add data")
         self.cfg, self.t = cfg, cfg["train"]
         self.run_dir, self.ctx = Path(run_dir), ctx
         self.class_names = class_names
         self.scorer = scorer or functools.partial(_default_scorer, class_names=class_names)
         self.multilabel = multilabel
+        self.validator, self.save, self.target = validator, save or save_weights, target
         self.device = ctx.device
         self.channels_last = bool(self.t["channels_last"])
         self.model = model.to(self.device)
@@ -166,8 +174,9 @@ class Trainer:
         seed, workers = int(cfg["seed"]), int(cfg["data"]["workers"])
         self.sampler = EpochSampler(len(train_set), seed, ctx.rank, ctx.world_size, sample_weights)
         self.train_loader = make_loader(train_set, self.t["batch_size"], workers, seed, self.sampler, self.device)
-        self.val_loader = make_loader(val_set, self.t["batch_size"], workers, seed + 7919, None, self.device)
-        self.val_labels = np.asarray(val_set.labels)
+        if validator is None:
+            self.val_loader = make_loader(val_set, self.t["batch_size"], workers, seed + 7919, None, self.device)
+            self.val_labels = np.asarray(val_set.labels)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=self.t["lr"], weight_decay=self.t["weight_decay"]
         )
@@ -221,7 +230,7 @@ class Trainer:
             images = batch["image"].to(self.device, non_blocking=True)
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            labels = batch["label"].to(self.device, non_blocking=True)
+            labels = batch[self.target].to(self.device, non_blocking=True)
             with _autocast(self.device, self.t["amp"]):
                 loss = self.loss_fn(self.net(images), labels)
             self.optimizer.zero_grad(set_to_none=True)
@@ -238,6 +247,8 @@ class Trainer:
         return total / max(count, 1)
 
     def _validate(self) -> dict:
+        if self.validator is not None:
+            return self.validator(self.model)
         probs = predict(self.model, self.val_loader, self.device, self.t["amp"], self.channels_last,
                         desc="validate", show=self.ctx.is_main, multilabel=self.multilabel)
         metrics = self.scorer(self.val_labels, probs)
@@ -289,8 +300,8 @@ class Trainer:
             state.update(epoch=epoch, history=history)
             if self.ctx.is_main:
                 if improved:
-                    save_weights(self.model, self.ckpt / "best.safetensors")
-                save_weights(self.model, self.ckpt / "last.safetensors")
+                    self.save(self.model, self.ckpt / "best.safetensors")
+                self.save(self.model, self.ckpt / "last.safetensors")
                 write_csv(self.run_dir / "history.csv", pd.DataFrame(history))
                 self._save_state(state)
                 log.info(

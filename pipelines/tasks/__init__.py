@@ -20,6 +20,7 @@ __all__ = ["TASKS", "get_task"]
 TASKS = {
     "breakhis": "pipelines.tasks.breakhis",
     "medmnist": "pipelines.tasks.medmnist",
+    "buildings": "pipelines.tasks.buildings",
 }
 
 

@@ -13,11 +13,13 @@ import cv2
 import numpy as np
 from albumentations.pytorch import ToTensorV2
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "AUGMENTATIONS", "StainJitter", "build_transform"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "AUGMENTATIONS", "SEGMENTATION_AUGMENTATIONS", "StainJitter",
+           "build_transform", "build_segmentation_transform"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 AUGMENTATIONS = ("none", "standard", "intensive")
+SEGMENTATION_AUGMENTATIONS = ("none", "standard")
 
 # Ruifrok & Johnston stain vectors (haematoxylin, eosin, DAB) as rows, in optical density space.
 _HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float32)
@@ -105,3 +107,23 @@ def build_transform(kind: str, image_size: int, aspect: float = 1.0, stain: bool
     else:
         raise ValueError(f"unknown augmentation {kind!r}; choose one of {', '.join(AUGMENTATIONS)}")
     return A.Compose(steps + _final(image_size))
+
+
+def build_segmentation_transform(kind: str) -> A.Compose:
+    """Image and mask together, for aerial tiles (no up or down): ``none`` only normalises; ``standard`` adds
+    flips, 90-degree rotations and mild brightness/contrast/hue jitter. No resizing: crops are cut before.
+
+    Call it as ``transform(image=HWC uint8, mask=HW or HWC)``; it returns the image as a normalised ``(3, H, W)``
+    float tensor and the mask as ``(C, H, W)`` (channels first, values untouched).
+    """
+    if kind not in SEGMENTATION_AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {kind!r}; choose one of {', '.join(SEGMENTATION_AUGMENTATIONS)}")
+    steps = []
+    if kind == "standard":
+        steps = [
+            A.HorizontalFlip(),
+            A.VerticalFlip(),
+            A.RandomRotate90(),
+            A.ColorJitter(brightness=0.15, contrast=0.15, saturation=0.1, hue=0.02, p=0.7),
+        ]
+    return A.Compose([*steps, A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), ToTensorV2(transpose_mask=True)])

@@ -1,0 +1,329 @@
+"""Training and evaluating a binary segmenter on large tiles into a run folder: what segmentation tasks share.
+
+A task turns its data set into a :class:`TileTable` (one row per tile: name, split, image and mask paths,
+and a function that reads a pair). Training draws random crops (:class:`TileCropDataset`) and runs the
+shared :class:`~pipelines.engine.trainer.Trainer`; validation and the final evaluation score WHOLE tiles by
+sliding-window inference with Gaussian blending (:func:`score_tiles`), so the checkpoint is selected on
+exactly what is reported. Evaluation writes ``metrics.json``, ``tiles.csv`` and ``plots/overlays/<tile>.png``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from pipelines.backbones.segmentation import SegmenterSpec, create_segmenter, load_segmenter, save_segmenter
+from pipelines.engine.distributed import Context
+from pipelines.engine.losses import DiceBCELoss
+from pipelines.engine.metrics import SEGMENTATION_COUNTS, bootstrap_ci, segmentation_counts, segmentation_scores
+from pipelines.engine.plots import save_png, segmentation_overlay
+from pipelines.engine.run_folder import write_csv, write_json
+from pipelines.engine.sliding_window import sliding_window_predict
+from pipelines.engine.trainer import Trainer, _autocast, seed_everything
+from pipelines.errors import ConfigError, DataError, PipelinesError
+from pipelines.transforms.augment import IMAGENET_MEAN, IMAGENET_STD, build_segmentation_transform
+
+__all__ = [
+    "Tile", "TileTable", "TileCropDataset", "SEGMENTATION_MONITORS", "TILE_COLUMNS", "predict_tile", "score_tiles",
+    "chance_scores", "train_segmenter", "evaluate_segmenter",
+]
+
+log = logging.getLogger(__name__)
+
+SEGMENTATION_MONITORS = ("iou", "f1", "mean_iou", "loss")
+TILE_COLUMNS = ["tile", "iou", "f1", "precision", "recall", "relaxed_precision", "relaxed_recall",
+                "pixel_accuracy", "building_fraction", "pixels"]
+CLASS_NAMES = ["background", "building"]
+
+
+@dataclass
+class Tile:
+    """One decoded tile: ``image`` (H, W, 3) uint8 RGB, ``target`` (H, W) uint8 0/1, ``valid`` (H, W) bool
+    (False where pixels count nowhere, e.g. no-data areas)."""
+
+    name: str
+    image: np.ndarray
+    target: np.ndarray
+    valid: np.ndarray
+
+
+@dataclass
+class TileTable:
+    """One row per tile: ``tile`` (name), ``split``, ``path`` and ``mask`` (relative to ``root``).
+
+    Attributes:
+        read: ``read(image_path, mask_path) -> (image, target, valid)`` for one pair.
+        cache: keep decoded tiles in memory (about 9 MB per 1500 px tile); loaded in the main process before
+            training, DataLoader workers share them.
+    """
+
+    table: pd.DataFrame
+    root: Path
+    read: Callable[[Path, Path], tuple[np.ndarray, np.ndarray, np.ndarray]]
+    cache: bool = True
+    _tiles: dict[int, Tile] = field(default_factory=dict, repr=False)
+
+    def indices(self, split: str) -> list[int]:
+        return [int(i) for i in np.flatnonzero(self.table["split"].to_numpy() == split)]
+
+    def load(self, index: int) -> Tile:
+        if index in self._tiles:
+            return self._tiles[index]
+        row = self.table.iloc[index]
+        tile = Tile(str(row["tile"]), *self.read(self.root / row["path"], self.root / row["mask"]))
+        if self.cache:
+            self._tiles[index] = tile
+        return tile
+
+    def tiles(self, split: str) -> Iterator[Tile]:
+        return (self.load(i) for i in self.indices(split))
+
+    def preload(self, splits: Iterable[str] = ("train", "val", "test")) -> None:
+        if self.cache:
+            for split in splits:
+                for i in tqdm(self.indices(split), desc=f"load {split} tiles", leave=False):
+                    self.load(i)
+
+    def check_files(self) -> None:
+        missing = [p for p in (*self.table["path"], *self.table["mask"]) if not (self.root / p).is_file()]
+        if missing:
+            raise DataError(f"{len(missing)} file(s) of split.csv are not under {self.root}, e.g. {missing[0]}; "
+                            "pass --data-root pointing at the data set the run was made with")
+
+
+class TileCropDataset(Dataset):
+    """Random ``crop`` x ``crop`` windows of the training tiles, ``crops_per_tile`` per tile and epoch.
+
+    Items: ``{"image": (3, crop, crop) float, "mask": (2, crop, crop) float (target, valid), "index": int}``.
+    A crop with less than ``min_valid`` of its pixels valid is redrawn (up to 10 times), so tiles that are
+    mostly no-data still give useful crops. Tiles smaller than the crop are padded with invalid pixels.
+    """
+
+    def __init__(self, tiles: TileTable, indices: list[int], crop: int, crops_per_tile: int, transform: Callable,
+                 min_valid: float = 0.5):
+        self.tiles, self.indices = tiles, indices
+        self.crop, self.crops_per_tile, self.min_valid = crop, crops_per_tile, min_valid
+        self.transform = transform
+        self.rng = np.random.default_rng(0)
+
+    def reseed(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.transform.set_random_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.indices) * self.crops_per_tile
+
+    def __getitem__(self, index: int) -> dict:
+        tile = self.tiles.load(self.indices[index // self.crops_per_tile])
+        image, target, valid = _pad(tile, self.crop)
+        h, w = target.shape
+        for _ in range(10):
+            y, x = int(self.rng.integers(0, h - self.crop + 1)), int(self.rng.integers(0, w - self.crop + 1))
+            window = np.s_[y:y + self.crop, x:x + self.crop]
+            if valid[window].mean() >= self.min_valid:
+                break
+        out = self.transform(image=image[window], mask=np.stack([target[window], valid[window]], axis=-1))
+        return {"image": out["image"], "mask": out["mask"].float(), "index": index}
+
+
+def _pad(tile: Tile, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    h, w = tile.target.shape
+    ph, pw = max(size - h, 0), max(size - w, 0)
+    valid = tile.valid.astype(np.uint8)
+    if not (ph or pw):
+        return tile.image, tile.target, valid
+    pad = ((0, ph), (0, pw))
+    return np.pad(tile.image, (*pad, (0, 0))), np.pad(tile.target, pad), np.pad(valid, pad)
+
+
+# ----------------------------------------------------------------------------------------------- inference
+
+@torch.no_grad()
+def predict_tile(model: nn.Module, image: np.ndarray, tile: int, overlap: int, batch_size: int,
+                 device: torch.device, amp: bool = True, channels_last: bool = False) -> np.ndarray:
+    """Building probabilities ``(H, W)`` float32 of a whole ``(H, W, 3)`` uint8 image, by sliding windows of
+    ``tile`` px blended with Gaussian weights (training's normalisation, no augmentation)."""
+    model.eval()
+    x = build_segmentation_transform("none")(image=image)["image"].to(device)
+
+    def predict(batch: torch.Tensor) -> torch.Tensor:
+        if channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, amp):
+            logits = model(batch)
+        return torch.sigmoid(logits.float())
+
+    return sliding_window_predict(predict, x, tile, overlap, batch_size)[0].cpu().numpy()
+
+
+def score_tiles(model: nn.Module, tiles: Iterable[Tile], e: Mapping, device: torch.device, amp: bool = True,
+                channels_last: bool = False, loss_fn: nn.Module | None = None, desc: str = "score",
+                visit: Callable[[Tile, np.ndarray], None] | None = None, bootstrap: int = 0,
+                seed: int = 0) -> tuple[dict, pd.DataFrame]:
+    """Predict every tile whole and score it against its mask.
+
+    Args:
+        e: the ``eval`` settings (``tile``, ``overlap``, ``batch_size``, ``threshold``, ``slack``).
+        loss_fn: when given, the loss of the blended probabilities, averaged over tiles, is ``loss``.
+        visit: called with each tile and its prediction mask (overlays).
+        bootstrap: resamples of the tiles (with replacement) for 95% intervals of ``iou`` and ``f1`` (``ci95``).
+
+    Returns:
+        Scores over all counted pixels of all tiles (micro averages; ``n_tiles``, ``loss``) and one row per
+        tile (``TILE_COLUMNS``).
+    """
+    total = dict.fromkeys(SEGMENTATION_COUNTS, 0)
+    rows, losses, per_tile = [], [], []
+    for tile in tqdm(tiles, desc=desc, leave=False):  # one tile in memory at a time unless they are cached
+        prob = predict_tile(model, tile.image, e["tile"], e["overlap"], e["batch_size"], device, amp, channels_last)
+        pred = prob > e["threshold"]
+        counts = segmentation_counts(pred, tile.target, tile.valid, e["slack"])
+        for key, value in counts.items():
+            total[key] += value
+        per_tile.append([counts[k] for k in SEGMENTATION_COUNTS])
+        rows.append({"tile": tile.name, **segmentation_scores(counts)})
+        if loss_fn is not None:
+            logits = torch.logit(torch.from_numpy(prob).clamp(1e-6, 1 - 1e-6))[None, None]
+            target = torch.from_numpy(np.stack([tile.target, tile.valid]).astype(np.float32))[None]
+            losses.append(float(loss_fn(logits, target)))
+        if visit is not None:
+            visit(tile, pred)
+    scores = segmentation_scores(total)
+    scores["n_tiles"] = len(rows)
+    if loss_fn is not None:
+        scores["loss"] = float(np.mean(losses)) if losses else float("nan")
+    if bootstrap and len(per_tile) > 1:
+        counts = np.asarray(per_tile, dtype=np.int64)
+        scores["ci95"] = {key: bootstrap_ci(counts, counts, functools.partial(_pooled, key=key), bootstrap, seed)
+                          for key in ("iou", "f1")}
+    return scores, pd.DataFrame(rows, columns=TILE_COLUMNS)
+
+
+def _pooled(counts: np.ndarray, _: np.ndarray, key: str) -> float:
+    value = segmentation_scores(dict(zip(SEGMENTATION_COUNTS, counts.sum(0).tolist(), strict=True)))[key]
+    return float("nan") if value is None else value
+
+
+def chance_scores(scores: Mapping) -> dict:
+    """What predicting every counted pixel as background, or every one as building, would score on the same
+    pixels: the floor a trained model must clear (relaxed scores depend on geometry and are left out)."""
+    n, fraction = scores["pixels"], scores["building_fraction"]
+    if not n:
+        return {}
+    true = round(n * fraction)
+    keys = ("iou", "f1", "precision", "recall", "mean_iou", "pixel_accuracy")
+    out = {}
+    for name, counts in (("all_background", (0, 0, true, n - true)), ("all_building", (true, n - true, 0, 0))):
+        m = segmentation_scores({**dict(zip(("tp", "fp", "fn", "tn"), counts, strict=True)),
+                                 "relaxed_tp_pred": 0, "relaxed_tp_true": 0})
+        out[name] = {k: m[k] for k in keys}
+    return out
+
+
+# ------------------------------------------------------------------------------------------- train, evaluate
+
+def _spec(cfg: Mapping) -> SegmenterSpec:
+    m, e = cfg["model"], cfg["eval"]
+    return SegmenterSpec(encoder=m["encoder"], classes=1, in_channels=3, deep_supervision=bool(m["deep_supervision"]),
+                         mean=IMAGENET_MEAN, std=IMAGENET_STD, tile=int(e["tile"]), threshold=float(e["threshold"]))
+
+
+def _build_model(cfg: Mapping) -> nn.Module:
+    m = cfg["model"]
+    try:
+        return create_segmenter(m["encoder"], classes=1, in_channels=3, deep_supervision=bool(m["deep_supervision"]),
+                                encoder_weights=m["encoder_weights"], pretrained_hub=bool(m["pretrained_hub"]))
+    except PipelinesError:
+        raise
+    except Exception as exc:
+        if not m["pretrained_hub"]:
+            raise
+        raise ConfigError(
+            f"could not fetch pretrained weights for {m['encoder']} ({type(exc).__name__}); "
+            "you may be offline: set model.pretrained_hub=false and model.encoder_weights=PATH"
+        ) from None
+
+
+def _settings(cfg: Mapping, ctx: Context) -> dict:
+    t = cfg["train"]
+    return {"device": ctx.device, "amp": bool(t["amp"]), "channels_last": bool(t["channels_last"])}
+
+
+def train_segmenter(data: TileTable, cfg: Mapping, run_dir: Path, ctx: Context) -> pd.DataFrame:
+    """Fit ``cfg["model"]`` on random crops of the train tiles, selecting on the whole val tiles; the history."""
+    d, t, e = cfg["data"], cfg["train"], cfg["eval"]
+    for split in ("train", "val", "test"):
+        if not data.indices(split):
+            raise DataError(f"the {split} split has no tiles; add tiles to it under {data.root}")
+    data.preload()
+    seed_everything(int(cfg["seed"]))
+    loss = DiceBCELoss(t["bce_weight"], t["dice_weight"])
+    train_set = TileCropDataset(data, data.indices("train"), d["crop"], d["crops_per_tile"],
+                                build_segmentation_transform(t["augment"]))
+    val_tiles = list(data.tiles("val")) if data.cache else None
+    settings = _settings(cfg, ctx)
+
+    def validate(model: nn.Module) -> dict:
+        tiles = val_tiles if val_tiles is not None else data.tiles("val")
+        scores, _ = score_tiles(model, tiles, e, loss_fn=loss, desc="validate", **settings)
+        return {k: v for k, v in scores.items() if k not in ("n_tiles", "pixels", "building_fraction")}
+
+    log.info("train %d tiles (%d crops of %d px per epoch) / val %d / test %d tiles; %s U-Net++%s",
+             len(data.indices("train")), len(train_set), d["crop"], len(data.indices("val")),
+             len(data.indices("test")), cfg["model"]["encoder"],
+             " with deep supervision" if cfg["model"]["deep_supervision"] else "")
+    spec = _spec(cfg)
+    trainer = Trainer(_build_model(cfg), loss, train_set, None, CLASS_NAMES, cfg, run_dir, ctx,
+                      validator=validate, save=functools.partial(_save, spec=spec), target="mask")
+    return trainer.fit()
+
+
+def _save(model: nn.Module, path: Path, spec: SegmenterSpec) -> None:
+    save_segmenter(model, path, spec)
+
+
+def evaluate_segmenter(data: TileTable, cfg: Mapping, run_dir: Path, ctx: Context,
+                       info: Mapping | None = None) -> dict:
+    """The best (validation-selected) checkpoint on the whole val and test tiles: ``metrics.json`` (test with
+    95% intervals of IoU and F1 over resampled tiles), ``tiles.csv`` (test) and ``plots/overlays/<tile>.png``
+    (test, up to ``eval.overlays``)."""
+    e = cfg["eval"]
+    model, _ = load_segmenter(run_dir)
+    settings = _settings(cfg, ctx)
+    model = model.to(ctx.device)
+    if settings["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    loss = DiceBCELoss(cfg["train"]["bce_weight"], cfg["train"]["dice_weight"])
+    overlays = run_dir / "plots" / "overlays"
+    written = []
+
+    def overlay(tile: Tile, pred: np.ndarray) -> None:
+        if len(written) < e["overlays"]:
+            save_png(segmentation_overlay(tile.image, pred, tile.target, tile.valid), overlays / f"{tile.name}.png")
+            written.append(tile.name)
+
+    report: dict = {}
+    for split in ("val", "test"):
+        scores, rows = score_tiles(model, data.tiles(split), e, loss_fn=loss, desc=f"evaluate {split}",
+                                   visit=overlay if split == "test" else None,
+                                   bootstrap=e["bootstrap"] if split == "test" else 0, seed=int(cfg["seed"]),
+                                   **settings)
+        scores["chance"] = chance_scores(scores)
+        report[split] = scores
+        if split == "test":
+            write_csv(run_dir / "tiles.csv", rows)
+    report["info"] = {**(info or {}), "threshold": e["threshold"], "slack_px": e["slack"],
+                      "window": {"tile": e["tile"], "overlap": e["overlap"], "blending": "gaussian"},
+                      "nodata_masked": bool(cfg["data"]["mask_nodata"])}
+    write_json(run_dir / "metrics.json", report)
+    return report
