@@ -1,0 +1,153 @@
+"""What runs on a worker: one block of one scene -> the Gaussian-weighted sum of its windows' predictions.
+
+A task is plain data (:class:`BlockTask`) and the function only reads: the input raster through one
+window, the model file. Nothing is written here, so any number of workers on any machines can run blocks
+at once; the driver, alone, writes. The model is loaded once per worker process and kept (cached by
+path, SHA-256 and device), and a file that changed since the job started is refused rather than mixed in.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipelines.errors import WeightsError
+
+__all__ = ["BlockTask", "BlockResult", "compute_block", "load_model", "file_sha256", "resolve_device"]
+
+
+@dataclass(frozen=True)
+class BlockTask:
+    scene: str  # the input path (the scene's key)
+    source: str  # what GDAL opens
+    bands: tuple[int, ...]
+    block: tuple[int, int]
+    height: int
+    width: int
+    tile: int
+    overlap: int
+    block_tiles: int
+    model: str
+    model_sha256: str
+    device: str
+    batch_size: int
+    scale: float
+    loader: str | None = None
+
+
+@dataclass
+class BlockResult:
+    scene: str
+    block: tuple[int, int]
+    numerator: np.ndarray | None  # (K, h, w) float32 over the block's extent; None: every window was nodata
+    windows: int  # windows run through the model
+    skipped: int  # windows left out because all their pixels are nodata
+    seconds: float
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> this machine's GPU if it has one (decided on the worker, which may differ from the driver)."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+@functools.lru_cache(maxsize=2)
+def load_model(path: str, sha256: str, device: str, loader: str | None = None):
+    """``(model, spec)`` for a weights file, once per process; refuses a file whose content changed.
+
+    ``loader``: ``"module:function"`` that takes the path and returns ``(model, spec)`` for another
+    architecture (``spec`` with ``classes, in_channels, mean, std, tile, threshold``); importable on every
+    worker. Default: :func:`~pipelines.backbones.segmentation.load_segmenter`.
+    """
+    import importlib
+
+    import torch
+
+    from pipelines.backbones.segmentation import load_segmenter
+
+    if os.environ.get("OMP_NUM_THREADS"):  # Dask workers: one thread each, set by the job
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    actual = file_sha256(path)
+    if actual != sha256:
+        raise WeightsError(f"model {path} changed while the job ran (SHA-256 {actual[:12]}, expected "
+                           f"{sha256[:12]}); run the job again")
+    if loader:
+        module, _, name = loader.partition(":")
+        model, spec = getattr(importlib.import_module(module), name)(path)
+    else:
+        model, spec = load_segmenter(path)
+    return model.eval().to(device), spec
+
+
+def _predictor(model, classes: int, device: str):
+    import torch
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            logits = model(torch.from_numpy(batch).to(device))
+            probs = torch.sigmoid(logits) if classes == 1 else torch.softmax(logits, dim=1)
+            return probs.float().cpu().numpy()
+
+    return predict
+
+
+def compute_block(task: BlockTask) -> BlockResult:
+    """Run the model on the windows of ``task.block`` whose pixels are not all nodata and return the
+    weighted sum of their probabilities over the block's extent (see :mod:`pipelines.tiling.plan`)."""
+    import time
+
+    import rasterio
+    from rasterio.windows import Window
+
+    from pipelines.engine.sliding_window import gaussian_weights
+    from pipelines.tiling.plan import Grid
+    from pipelines.tiling.raster_io import prepare
+
+    tic = time.perf_counter()
+    device = resolve_device(task.device)
+    model, spec = load_model(task.model, task.model_sha256, device, task.loader)
+    grid = Grid(task.height, task.width, task.tile, task.overlap, task.block_tiles)
+    rows, cols = grid.extent(*task.block)
+    window = Window(cols.start, rows.start, cols.size, rows.size)
+    with rasterio.open(task.source) as ds:
+        raw = ds.read(list(task.bands), window=window)
+        valid = ds.dataset_mask(window=window) > 0
+    if not valid.any():
+        return BlockResult(task.scene, task.block, None, 0, len(grid.windows(*task.block)), time.perf_counter() - tic)
+    image = prepare(raw, valid, spec.mean, spec.std, task.scale)
+    pad_h, pad_w = grid.pad
+    if pad_h or pad_w:
+        import torch
+        import torch.nn.functional as F
+
+        image = F.pad(torch.from_numpy(image)[None], (0, pad_w, 0, pad_h), mode=grid.pad_mode)[0].numpy()
+        valid = np.pad(valid, ((0, pad_h), (0, pad_w)))
+    weights = gaussian_weights(task.tile).numpy()
+    predict = _predictor(model, spec.classes, device)
+    t = task.tile
+    windows = [(y - rows.start, x - cols.start) for y, x in grid.windows(*task.block)]
+    todo = [(y, x) for y, x in windows if valid[y:y + t, x:x + t].any()]
+    numerator = np.zeros((spec.classes, *image.shape[1:]), np.float32)
+    for k in range(0, len(todo), task.batch_size):
+        chunk = todo[k:k + task.batch_size]
+        probs = predict(np.stack([image[:, y:y + t, x:x + t] for y, x in chunk]))
+        for (y, x), p in zip(chunk, probs, strict=True):
+            numerator[:, y:y + t, x:x + t] += p * weights
+    numerator = numerator[:, :rows.size, :cols.size]
+    return BlockResult(task.scene, task.block, np.ascontiguousarray(numerator), len(todo),
+                       len(windows) - len(todo), time.perf_counter() - tic)
