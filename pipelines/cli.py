@@ -339,6 +339,12 @@ def cmd_serve(args) -> int:
 
 
 def cmd_tile(args) -> int:
+    import importlib.util
+
+    missing = [m for m in ("rasterio", "distributed") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(f"pipelines tile needs {' and '.join(missing)}; install the geo extra: "
+                          "pip install -e '.[geo]'")
     from pipelines.tiling import TileOptions, run_job
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
