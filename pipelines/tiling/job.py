@@ -43,6 +43,7 @@ from pipelines.errors import ConfigError, PipelinesError, WeightsError
 from pipelines.tiling.manifest import Manifest, Sidecar, describe_change, now
 from pipelines.tiling.plan import Grid, default_block_tiles
 from pipelines.tiling.raster_io import (
+    GDAL_CACHE_BYTES,
     OutputKind,
     Scene,
     build_mosaic_vrt,
@@ -507,6 +508,13 @@ def run_job(opts: TileOptions) -> JobSummary:
     Raises:
         PipelinesError: problems with the job as a whole (model, settings, no inputs, scheduler).
     """
+    import rasterio
+
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):  # GDAL's cache is per process: all threads
+        return _run(opts)
+
+
+def _run(opts: TileOptions) -> JobSummary:
     from tqdm import tqdm
 
     driver = _Driver(opts)

@@ -1,6 +1,7 @@
 """GeoTIFF in and out: checking an input, scaling its pixels for the model, and writing the output.
 
-Inputs are read through windows only (rasterio), never whole. The output is first written as a plain
+Inputs are read through windows only (rasterio), never whole. GDAL's block cache is capped at 128 MiB per
+process (its default grows to 5 % of the machine's memory). The output is first written as a plain
 tiled GeoTIFF in ``DIR/.partial`` by one process (the driver), then copied with GDAL's COG driver
 (deflate, internal overviews, 512 px tiles) and renamed into place: a file under its final name is
 always complete. CRS, transform and size are the input's, copied as GDAL reads them.
@@ -32,6 +33,7 @@ __all__ = [
 
 MASK_NODATA = 255
 PROB_NODATA = -1.0
+GDAL_CACHE_BYTES = 128 << 20  # GDAL's block cache, per process; its default is 5 % of the machine's memory
 
 
 @dataclass(frozen=True)

@@ -116,7 +116,7 @@ def compute_block(task: BlockTask) -> BlockResult:
 
     from pipelines.engine.sliding_window import gaussian_weights
     from pipelines.tiling.plan import Grid
-    from pipelines.tiling.raster_io import prepare
+    from pipelines.tiling.raster_io import GDAL_CACHE_BYTES, prepare
 
     tic = time.perf_counter()
     device = resolve_device(task.device)
@@ -124,7 +124,7 @@ def compute_block(task: BlockTask) -> BlockResult:
     grid = Grid(task.height, task.width, task.tile, task.overlap, task.block_tiles)
     rows, cols = grid.extent(*task.block)
     window = Window(cols.start, rows.start, cols.size, rows.size)
-    with rasterio.open(task.source) as ds:
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), rasterio.open(task.source) as ds:
         raw = ds.read(list(task.bands), window=window)
         valid = ds.dataset_mask(window=window) > 0
     if not valid.any():
