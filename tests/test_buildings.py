@@ -338,6 +338,7 @@ def _run(args):
 
 def _check_run_folder(run_dir, n_test: int) -> dict:
     from pipelines.backbones.segmentation import load_segmenter
+    from pipelines.results import runs_table
 
     names = {p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file()}
     assert {"config.yaml", "environment.json", "split.csv", "history.csv", "metrics.json", "tiles.csv",
@@ -365,6 +366,8 @@ def _check_run_folder(run_dir, n_test: int) -> dict:
     assert metrics["val"]["iou"] == pytest.approx(selected["val_iou"], abs=1e-6)  # one scoring path
     model, spec = load_segmenter(run_dir)  # what `pipelines tile --model RUN_DIR` loads
     assert not model.training and spec.tile == metrics["info"]["window"]["tile"]
+    row = runs_table([run_dir]).table.iloc[0]  # what the results dashboard lists
+    assert row["task"] == "buildings" and row["backbone"] == spec.encoder and row["iou"] == metrics["test"]["iou"], row
     return metrics
 
 

@@ -29,7 +29,7 @@ from pipelines.engine.metrics import SEGMENTATION_COUNTS, bootstrap_ci, segmenta
 from pipelines.engine.plots import save_png, segmentation_overlay
 from pipelines.engine.run_folder import write_csv, write_json
 from pipelines.engine.sliding_window import sliding_window_predict
-from pipelines.engine.trainer import Trainer, _autocast, seed_everything
+from pipelines.engine.trainer import Trainer, autocast, seed_everything
 from pipelines.errors import ConfigError, DataError, PipelinesError
 from pipelines.transforms.augment import IMAGENET_MEAN, IMAGENET_STD, build_segmentation_transform
 
@@ -159,7 +159,7 @@ def predict_tile(model: nn.Module, image: np.ndarray, tile: int, overlap: int, b
     def predict(batch: torch.Tensor) -> torch.Tensor:
         if channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, amp):
+        with autocast(device, amp):
             logits = model(batch)
         return torch.sigmoid(logits.float())
 

@@ -30,7 +30,7 @@ from pipelines.engine.plots import plot_history
 from pipelines.engine.run_folder import atomic_write_bytes, write_csv
 from pipelines.errors import DataError
 
-__all__ = ["Trainer", "EpochSampler", "predict", "make_loader", "seed_everything", "MONITORS"]
+__all__ = ["Trainer", "EpochSampler", "predict", "make_loader", "seed_everything", "autocast", "MONITORS"]
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,8 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int, seed: int,
     )
 
 
-def _autocast(device: torch.device, enabled: bool):
+def autocast(device: torch.device, enabled: bool):
+    """Mixed precision on CUDA only (bf16 where the card has it); a no-op context on CPU."""
     if not enabled or device.type != "cuda":
         return torch.autocast(device.type, enabled=False)
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -115,7 +116,7 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device, amp: boo
         images = batch["image"].to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, amp):
+        with autocast(device, amp):
             logits = model(images)
         logits = logits.float()
         out.append((torch.sigmoid(logits) if multilabel else torch.softmax(logits, 1)).cpu())
@@ -231,7 +232,7 @@ class Trainer:
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             labels = batch[self.target].to(self.device, non_blocking=True)
-            with _autocast(self.device, self.t["amp"]):
+            with autocast(self.device, self.t["amp"]):
                 loss = self.loss_fn(self.net(images), labels)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
