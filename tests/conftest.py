@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,16 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 SHARED = Path(os.environ.get("PIPELINES_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 BREAKHIS_REAL = SHARED / "data" / "breakhis"
+
+
+@pytest.fixture(autouse=True)
+def _keep_main_module():
+    """Streamlit's AppTest runs a page as ``__main__`` and leaves it in sys.modules; processes spawned
+    later (Dask's workers) would re-run that page instead of starting. Put the real one back."""
+    main = sys.modules.get("__main__")
+    yield
+    if main is not None:
+        sys.modules["__main__"] = main
 
 
 def fit_steps(model, x, y, steps: int = 25, lr: float = 1e-3) -> list[float]:
