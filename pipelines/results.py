@@ -152,7 +152,7 @@ def _summarise(run_dir: Path) -> tuple[dict, list[str]]:
         "run": label,
         "task": run.get("task") or info.get("task") or run_dir.parent.name,
         "name": run_dir.name,
-        "backbone": model.get("backbone") or model.get("encoder"),  # segmentation runs name an encoder
+        "backbone": model.get("backbone") or model.get("encoder") or "+".join(model.get("backbones") or []) or None,
         "demo": bool(info.get("demo", run.get("demo", False))),
         "dataset": info.get("dataset") or data.get("dataset"),
         "selected_epoch": info.get("selected_epoch"),

@@ -21,6 +21,7 @@ TASKS = {
     "breakhis": "pipelines.tasks.breakhis",
     "medmnist": "pipelines.tasks.medmnist",
     "buildings": "pipelines.tasks.buildings",
+    "dfu": "pipelines.tasks.dfu",
 }
 
 

@@ -1,0 +1,390 @@
+"""DFUC2021 diabetic foot ulcers: none / infection / ischaemia / both, by an ensemble of EfficientNets.
+
+Stages, each a soft-voting ensemble of ``model.backbones`` trained like any classification run under
+``stages/<stage>/<backbone>/``:
+
+1. ``baseline``: the real labelled training images.
+2. ``pseudo1`` .. ``pseudoN``: the previous ensemble labels the unlabelled pool; confident images (capped
+   per class) join the training set, marked ``source=pseudo`` in split.csv.
+3. ``synthetic``: pix2pixHD images of the rare classes, up to ``synth.ratio`` per real training image of
+   each, join too (``source=synthetic``, training split only, files under ``synthetic/``).
+
+Validation and test are real labelled images only, split by near-duplicate groups so that twins never
+straddle splits; unlabelled images that are twins of validation or test images never become pseudo-labels.
+Every stage is scored on the same validation and test images: metrics.json compares baseline with the
+final (extended) ensemble, and stages.csv holds every member's and ensemble's scores.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipelines.config import check_choices, load_yaml
+from pipelines.datasets.dfu import CLASSES, dfu_split, read_dfuc, write_submission
+from pipelines.datasets.dfu_demo import write_demo_dfuc
+from pipelines.engine.classification import LabelledImages, check_model_config, selected_epoch
+from pipelines.engine.distributed import Context
+from pipelines.engine.ensemble import predict_members, select_pseudo_labels, soft_vote, train_members
+from pipelines.engine.losses import LOSSES
+from pipelines.engine.metrics import classification_metrics
+from pipelines.engine.plots import plot_confusion_matrix
+from pipelines.engine.run_folder import write_csv, write_json
+from pipelines.engine.trainer import MONITORS
+from pipelines.errors import ConfigError, DataError
+from pipelines.transforms.augment import AUGMENTATIONS
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = "diabetic foot ulcers (DFUC2021): EfficientNet ensembles, pseudo-labels, pix2pixHD images"
+SPLIT_COLUMNS = ["image", "path", "split", "label", "group", "source", "round", "confidence"]
+
+DEMO_OVERRIDES = {
+    "data.image_size": 64,
+    "data.cache_images": True,
+    "data.workers": 0,
+    "model.backbones": "[efficientnet_b0, efficientnet_b1]",
+    "train.epochs": 10,
+    "train.lr": 0.001,
+    "train.patience": 10,
+    "pseudo.threshold": 0.8,
+    "pseudo.max_per_class": 100,
+    "synth.size": 64,
+    "synth.steps": 300,
+    "synth.ngf": 16,
+    "synth.n_downsampling": 2,
+    "synth.n_blocks": 3,
+    "eval.bootstrap": 200,
+}
+
+CHOICES = {
+    "data.grouping": ("near_duplicate", "random"),
+    "train.monitor": MONITORS,
+    "train.loss": LOSSES,
+    "train.sampler": ("shuffle", "balanced"),
+    "train.augment": AUGMENTATIONS,
+}
+POSITIVE = ("data.image_size", "train.epochs", "train.batch_size", "train.lr", "train.patience", "eval.batch_size",
+            "pseudo.threshold", "synth.size", "synth.steps", "synth.batch_size", "synth.ngf", "synth.n_blocks",
+            "synth.n_downsampling")
+
+
+def defaults() -> dict:
+    return load_yaml(Path(__file__).with_name("dfu.yaml"))
+
+
+def validate(cfg: Mapping) -> None:
+    check_choices(cfg, CHOICES, POSITIVE)
+    m, p, s = cfg["model"], cfg["pseudo"], cfg["synth"]
+    if not m["backbones"] or not all(isinstance(b, str) for b in m["backbones"]):
+        raise ConfigError("model.backbones must list at least one backbone, e.g. [efficientnet_b0, efficientnet_b1]")
+    if len(set(m["backbones"])) != len(m["backbones"]):
+        raise ConfigError(f"model.backbones lists a backbone twice: {m['backbones']}")
+    unknown = sorted(set(m["weights"]) - set(m["backbones"]))
+    if unknown:
+        raise ConfigError(f"model.weights names {unknown}, which are not in model.backbones {m['backbones']}")
+    for backbone in m["backbones"]:
+        single = {**cfg, "model": {"backbone": backbone, "weights": m["weights"].get(backbone), "init_from": None}}
+        check_model_config(single)
+    if p["rounds"] < 0 or not 0 < p["threshold"] <= 1:
+        raise ConfigError("pseudo.rounds must be >= 0 and pseudo.threshold in (0, 1]")
+    if s["enabled"]:
+        bad = sorted(set(s["classes"]) - set(CLASSES))
+        if bad or not s["classes"]:
+            raise ConfigError(f"synth.classes {s['classes']} must name some of {', '.join(CLASSES)}")
+        if s["ratio"] <= 0:
+            raise ConfigError(f"synth.ratio must be > 0, got {s['ratio']}")
+        if s["size"] % 2 ** s["n_downsampling"]:
+            raise ConfigError(f"synth.size={s['size']} must be a multiple of 2**synth.n_downsampling")
+        if s["generator"] and not Path(s["generator"]).expanduser().is_file():
+            raise ConfigError(f"synth.generator file not found: {s['generator']}; train one with 'pipelines synth' "
+                              "or set synth.generator=null to train it in this run")
+
+
+def prepare_demo(data_dir: Path) -> Path:
+    """Write (once) the synthetic DFUC2021-layout demo; returns the data root to use."""
+    return write_demo_dfuc(Path(data_dir) / "dfuc2021", n_labelled=600, n_unlabelled=200)
+
+
+def stages(cfg: Mapping) -> list[str]:
+    """The stages this run trains, in order; the last is the final (reported) ensemble."""
+    names = ["baseline", *[f"pseudo{r}" for r in range(1, int(cfg["pseudo"]["rounds"]) + 1)]]
+    return names + (["synthetic"] if cfg["synth"]["enabled"] else [])
+
+
+def _round(stage: str, cfg: Mapping) -> int:
+    """How many pseudo-label rounds a stage's training set includes."""
+    if stage == "baseline":
+        return 0
+    return int(stage.removeprefix("pseudo")) if stage.startswith("pseudo") else int(cfg["pseudo"]["rounds"])
+
+
+@dataclass
+class DfuData:
+    """split.csv as a table (``SPLIT_COLUMNS``): real labelled rows in train/val/test, the unlabelled pool
+    (``unlabelled``, or ``held_out`` for twins of val/test images), the challenge's unlisted test images
+    (``unlisted``), and pseudo-labelled and synthetic training rows added by the stages."""
+
+    table: pd.DataFrame
+    root: Path
+    run_dir: Path | None = None
+
+    def rows(self, split: str) -> pd.DataFrame:
+        return self.table[self.table["split"] == split]
+
+    def labelled(self, stage: str, cfg: Mapping) -> LabelledImages:
+        """Train rows of ``stage`` (real, + pseudo rounds so far, + synthetic in the last stage), val and test."""
+        t = self.table
+        train = (t["split"] == "train") & (
+            (t["source"] == "real")
+            | ((t["source"] == "pseudo") & (t["round"] <= _round(stage, cfg)))
+            | ((t["source"] == "synthetic") & (stage == "synthetic"))
+        )
+        rows = t[train | t["split"].isin(["val", "test"])].copy()
+        synthetic = rows["source"] == "synthetic"
+        if synthetic.any():  # files in the run folder, not the data root
+            rows.loc[synthetic, "path"] = [str(self.run_dir / p) for p in rows.loc[synthetic, "path"]]
+        return LabelledImages(rows.reset_index(drop=True), self.root, list(CLASSES), group_name="near-duplicate group")
+
+    def save(self) -> None:
+        write_csv(self.run_dir / "split.csv", self.table[SPLIT_COLUMNS])
+
+
+def build_split(cfg: Mapping) -> pd.DataFrame:
+    """Read the data set and split it by near-duplicate groups (``SPLIT_COLUMNS``)."""
+    d = cfg["data"]
+    frame = read_dfuc(d["root"], verify=d["verify_images"])
+    frame = frame.join(dfu_split(frame, d["root"], d["val_fraction"], d["test_fraction"], int(cfg["seed"]),
+                                 d["grouping"], d["max_distance"]))
+    frame["group"] = "g" + frame["group"].astype(str)
+    frame["source"] = np.where(frame["labelled"], "real", "")
+    frame["round"] = np.nan
+    frame["confidence"] = np.nan
+    return frame[SPLIT_COLUMNS]
+
+
+def load_data(cfg: Mapping, run_dir: Path | None = None) -> DfuData:
+    """The run's split.csv if it has one (resume, eval), else a new scan, grouping and split of ``data.root``."""
+    path = run_dir / "split.csv" if run_dir else None
+    if path and path.is_file():
+        table = pd.read_csv(path, dtype={"image": str, "group": str, "label": str, "source": str},
+                            keep_default_na=False, na_values={"round": [""], "confidence": [""]})
+        data = DfuData(table, Path(cfg["data"]["root"]), run_dir)
+        real = table[table["source"] != "synthetic"]
+        missing = [p for p in real["path"] if not (data.root / p).is_file()]
+        if missing:
+            raise DataError(f"{len(missing)} image(s) of split.csv are not under {data.root}, e.g. {missing[0]}; "
+                            "pass --data-root pointing at the data set the run was made with")
+        return data
+    return DfuData(build_split(cfg), Path(cfg["data"]["root"]), run_dir)
+
+
+def _counts(data: LabelledImages) -> dict:
+    train = data.part("train")
+    return {source: rows["label"].value_counts().reindex(CLASSES, fill_value=0).astype(int).to_dict()
+            for source, rows in train.groupby("source")}
+
+
+def _pseudo_label(data: DfuData, cfg: Mapping, stage: str, previous: Path, ctx: Context) -> None:
+    """Add this round's pseudo-labels to split.csv (once: a resumed run keeps the ones it chose)."""
+    r = _round(stage, cfg)
+    if (data.table["round"] == r).any():
+        return
+    pool = data.rows("unlabelled")
+    if pool.empty:
+        log.info("%s: the unlabelled pool is empty; no pseudo-labels", stage)
+        data.save()
+        return
+    members = [previous / b for b in cfg["model"]["backbones"]]
+    probs = soft_vote(predict_members(data.labelled("baseline", cfg), cfg, members, pool, ctx))
+    p = cfg["pseudo"]
+    chosen = select_pseudo_labels(probs, CLASSES, p["threshold"], p["max_per_class"])
+    index = pool.index[chosen["position"].to_numpy()]
+    data.table.loc[index, ["split", "label", "source"]] = ["train", "", "pseudo"]
+    data.table.loc[index, "label"] = chosen["label"].to_numpy()
+    data.table.loc[index, "round"] = r
+    data.table.loc[index, "confidence"] = chosen["confidence"].to_numpy()
+    counts = chosen["label"].value_counts().reindex(CLASSES, fill_value=0).to_dict()
+    log.info("%s: %d of %d unlabelled images pseudo-labelled (confidence >= %.2f): %s", stage, len(chosen),
+             len(pool), p["threshold"], counts)
+    data.save()
+
+
+def _synthesise(data: DfuData, cfg: Mapping, ctx: Context) -> None:
+    """Train (or load) the generator and add synthetic images of ``synth.classes`` to split.csv (once)."""
+    from pipelines.synthesis.conditioning import class_label_map, dihedral, edge_map
+    from pipelines.synthesis.train import Pix2PixHDSpec, generate, load_generator, train_pix2pixhd
+
+    if (data.table["source"] == "synthetic").any():
+        return
+    s, seed = cfg["synth"], int(cfg["seed"])
+    real = data.table[(data.table["split"] == "train") & (data.table["source"] == "real")]
+    images = [_read(data.root / p) for p in real["path"]]
+    index = {c: i for i, c in enumerate(CLASSES)}
+    edges = [edge_map(image, s["size"]) for image in images]
+    if s["generator"]:
+        generator, spec = load_generator(s["generator"])
+        if spec.input_nc != 1 + len(CLASSES):
+            raise ConfigError(f"synth.generator={s['generator']} takes {spec.input_nc} input channels; a DFU "
+                              f"generator takes {1 + len(CLASSES)} (edges + one plane per class)")
+    else:
+        spec = Pix2PixHDSpec(input_nc=1 + len(CLASSES), output_nc=3, ngf=s["ngf"], n_downsampling=s["n_downsampling"],
+                             n_blocks=s["n_blocks"], size=s["size"])
+        maps = [class_label_map(e, index[c], len(CLASSES)) for e, c in zip(edges, real["label"], strict=True)]
+        out = data.run_dir / "synthesis"
+        train_pix2pixhd(maps, images, spec, out, steps=s["steps"], batch_size=s["batch_size"],
+                        vgg_weights=s["vgg_weights"], device=ctx.device, seed=seed)
+        generator, spec = load_generator(out / "generator.safetensors")
+    rng = np.random.default_rng(seed)
+    rows = []
+    folder = data.run_dir / "synthetic"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in s["classes"]:
+        sources = np.flatnonzero(real["label"].to_numpy() == name)
+        wanted = round(s["ratio"] * len(sources))
+        if not len(sources):
+            log.warning("synth: no real training images of %s to take layouts from; none synthesised", name)
+            continue
+        picks = rng.choice(sources, wanted, replace=True)
+        maps = np.stack([class_label_map(dihedral(edges[i], int(rng.integers(8))), index[name], len(CLASSES))
+                         for i in picks])
+        fakes = generate(generator, maps, device=ctx.device, batch_size=16)
+        for j, (fake, i) in enumerate(zip(fakes, picks, strict=True)):
+            path = f"synthetic/{name}_{j:05d}.png"
+            _write_png(fake, data.run_dir / path)
+            rows.append({"image": Path(path).name, "path": path, "split": "train", "label": name,
+                         "group": f"synthetic:{real['image'].iloc[i]}", "source": "synthetic", "round": np.nan,
+                         "confidence": np.nan})
+        log.info("synth: %d %s images (%.1f per real one)", wanted, name, s["ratio"])
+    data.table = pd.concat([data.table, pd.DataFrame(rows, columns=SPLIT_COLUMNS)], ignore_index=True)
+    data.save()
+
+
+def _read(path: Path) -> np.ndarray:
+    from pipelines.datasets.images import read_image
+
+    return read_image(path)
+
+
+def _write_png(rgb: np.ndarray, path: Path) -> None:
+    from pipelines.engine.plots import save_png
+
+    save_png(rgb, path)
+
+
+def train(cfg: Mapping, run_dir: Path, ctx: Context, data: DfuData | None = None) -> None:
+    """Train every stage's ensemble into ``run_dir/stages`` (resuming where a killed run stopped), then evaluate."""
+    data = data if data is not None else load_data(cfg, run_dir)
+    data.run_dir = run_dir
+    if not (run_dir / "split.csv").is_file():
+        data.save()
+    counts = data.table.groupby("split").size().to_dict()
+    log.info("DFUC2021: %s images per split; near-duplicate groups with twins: %d", counts,
+             int((data.table[data.table["source"] == "real"].groupby("group").size() > 1).sum()))
+    previous = None
+    for stage in stages(cfg):
+        if stage.startswith("pseudo"):
+            _pseudo_label(data, cfg, stage, previous, ctx)
+        elif stage == "synthetic":
+            _synthesise(data, cfg, ctx)
+        labelled = data.labelled(stage, cfg)
+        log.info("stage %s: training images by source and class %s", stage, _counts(labelled))
+        train_members(labelled, cfg, run_dir / "stages" / stage, ctx)
+        previous = run_dir / "stages" / stage
+    evaluate(cfg, run_dir, ctx, data)
+
+
+def _scores(y: np.ndarray, probs: np.ndarray) -> dict:
+    m = classification_metrics(y, probs, CLASSES)
+    return {"n": m["n"], "macro_f1": m["macro_f1"], "accuracy": m["accuracy"],
+            "balanced_accuracy": m["balanced_accuracy"], "roc_auc": m["roc_auc"],
+            **{f"f1_{c}": m["per_class"][c]["f1"] for c in CLASSES}}
+
+
+def evaluate(cfg: Mapping, run_dir: Path, ctx: Context, data: DfuData | None = None) -> dict:
+    """Every stage's members and ensemble on val and test: metrics.json (the final ensemble, with the
+    baseline beside it), stages.csv, predictions.csv, submission.csv (unlisted images) and plots."""
+    data = data if data is not None else load_data(cfg, run_dir)
+    data.run_dir = run_dir
+    e, seed = cfg["eval"], int(cfg["seed"])
+    names = stages(cfg)
+    missing = [s for s in names if not all((run_dir / "stages" / s / b / "checkpoints" / "best.safetensors").is_file()
+                                           for b in cfg["model"]["backbones"])]
+    if missing:
+        raise ConfigError(f"{run_dir} has no trained ensemble for stage(s) {', '.join(missing)}; "
+                          f"resume it: pipelines run dfu --resume {run_dir}")
+    table, report, final = [], {"stages": {}}, names[-1]
+    for stage in names:
+        labelled = data.labelled(stage, cfg)
+        folders = [run_dir / "stages" / stage / b for b in cfg["model"]["backbones"]]
+        entry = {"train_images": _counts(labelled), "members": {}, "ensemble": {}}
+        for split in ("val", "test"):
+            rows, y = labelled.part(split), labelled.labels(split)
+            members = predict_members(labelled, cfg, folders, rows, ctx)
+            ensemble = soft_vote(members)
+            for name, probs in {**members, "ensemble": ensemble}.items():
+                scores = _scores(y, probs)
+                table.append({"stage": stage, "model": name, "split": split, **scores})
+                target = entry["ensemble"] if name == "ensemble" else entry["members"].setdefault(name, {})
+                target[split] = scores
+            if stage == final:
+                metrics = classification_metrics(y, ensemble, CLASSES, bootstrap=e["bootstrap"], seed=seed)
+                report[split] = metrics
+                plot_confusion_matrix(metrics["confusion_matrix"], CLASSES, run_dir / "plots" /
+                                      f"confusion_matrix{'' if split == 'test' else '_val'}.png", title=split)
+                if split == "test":
+                    _write_predictions(run_dir, rows, ensemble, members)
+        entry["selected_epochs"] = {f.name: selected_epoch(f) for f in folders}
+        report["stages"][stage] = entry
+    unlisted = data.rows("unlisted")
+    if not unlisted.empty:
+        folders = [run_dir / "stages" / final / b for b in cfg["model"]["backbones"]]
+        probs = soft_vote(predict_members(data.labelled(final, cfg), cfg, folders, unlisted, ctx))
+        write_submission(run_dir / "submission.csv", unlisted["image"].tolist(), probs)
+    report["comparison"] = {label: {split: report["stages"][stage]["ensemble"][split] for split in ("val", "test")}
+                            for label, stage in (("baseline", "baseline"), ("extended", final))}
+    pseudo = data.table[data.table["source"] == "pseudo"]
+    report["info"] = {
+        "task": "dfu",
+        "demo": bool(cfg["run"]["demo"]),
+        "stages": names,
+        "final_stage": final,
+        "members": list(cfg["model"]["backbones"]),
+        "monitor": f"val_{cfg['train']['monitor']}",
+        "grouping": cfg["data"]["grouping"],
+        "pseudo_labels": {f"round{int(r)}": rows["label"].value_counts().reindex(CLASSES, fill_value=0)
+                          .astype(int).to_dict() for r, rows in pseudo.groupby("round")},
+        "synthetic_images": data.table[data.table["source"] == "synthetic"]["label"].value_counts()
+                            .reindex(CLASSES, fill_value=0).astype(int).to_dict(),
+        "protocol": "members selected on val; every stage scored on the same real val and test images; "
+                    "the final stage is fixed in advance, not chosen on test",
+    }
+    if report["info"]["demo"]:
+        report["info"]["note"] = "SYNTHETIC demo data: these numbers say nothing about real foot ulcers"
+    write_csv(run_dir / "stages.csv", pd.DataFrame(table))
+    write_json(run_dir / "metrics.json", report)
+    _log_comparison(report)
+    return report
+
+
+def _write_predictions(run_dir: Path, rows: pd.DataFrame, probs: np.ndarray, members: Mapping[str, np.ndarray]) -> None:
+    out = rows[["image", "path", "label", "group"]].reset_index(drop=True)
+    out["pred"] = [CLASSES[i] for i in probs.argmax(1)]
+    out["confidence"] = probs.max(1)
+    for i, name in enumerate(CLASSES):
+        out[f"prob_{name}"] = probs[:, i]
+    for member, p in members.items():
+        out[f"pred_{member}"] = [CLASSES[i] for i in p.argmax(1)]
+    write_csv(run_dir / "predictions.csv", out)
+
+
+def _log_comparison(report: Mapping) -> None:
+    for label, scores in report["comparison"].items():
+        t = scores["test"]
+        log.info("%s ensemble: test macro-F1 %.3f (per class %s), val macro-F1 %.3f", label, t["macro_f1"],
+                 ", ".join(f"{c} {t[f'f1_{c}']:.2f}" for c in CLASSES), scores["val"]["macro_f1"])
