@@ -10,6 +10,7 @@
     pipelines app [--store DIR] [--host ADDRESS] [--port N]
     pipelines tile --model RUN_DIR|WEIGHTS INPUT... --output DIR [--tile N] [--overlap N]
                    [--workers N | --scheduler ADDRESS] [--vectorize] [--probabilities] [--overwrite]
+    pipelines synth --images DIR --masks DIR --output DIR [--size N] [--steps N] [--local-enhancer] ...
 
 User mistakes end with one line ``error: ...`` and exit status 2; the last line ``run`` prints on
 stdout is the run folder.
@@ -114,6 +115,28 @@ def _build_parser() -> argparse.ArgumentParser:
                          "other integers, 1 for floats)")
     tl.add_argument("--block-tiles", type=int, help="windows per block side (default: blocks of about 1024 px)")
     tl.set_defaults(func=cmd_tile)
+
+    sy = sub.add_parser("synth", help="train pix2pixHD from wound masks to photos (paired by file stem); "
+                        "resumable; sample grids and the generator in --output")
+    sy.add_argument("--images", required=True, metavar="DIR", help="folder of photos")
+    sy.add_argument("--masks", required=True, metavar="DIR", help="folder of masks (0/255 or 0/1), same stems")
+    sy.add_argument("--output", required=True, metavar="DIR", help="folder for generator.safetensors, history.csv, "
+                    "samples/; run again on it to continue")
+    sy.add_argument("--size", type=int, default=128, help="training side in px (default: 128)")
+    sy.add_argument("--steps", type=int, default=2000, help="total optimiser steps (default: 2000)")
+    sy.add_argument("--batch-size", type=int, default=4, help="pairs per step (default: 4)")
+    sy.add_argument("--ngf", type=int, default=64, help="generator width (default: 64, pix2pixHD's)")
+    sy.add_argument("--n-downsampling", type=int, default=4, help="generator downsamplings (default: 4)")
+    sy.add_argument("--n-blocks", type=int, default=9, help="generator residual blocks (default: 9)")
+    sy.add_argument("--local-enhancer", action="store_true", help="pix2pixHD's G2: global generator at half "
+                    "resolution plus a local branch (--ngf is the local branch's width)")
+    sy.add_argument("--edges", action="store_true", help="add the wounds' instance edges as a third channel")
+    sy.add_argument("--vgg-weights", metavar="PATH", help="local torchvision VGG19 weights: adds the VGG loss")
+    sy.add_argument("--sample-every", type=int, default=200, help="steps between sample grids and checkpoints "
+                    "(default: 200)")
+    sy.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    sy.add_argument("--seed", type=int, default=0, help="initialisation, batches, flips (default: 0)")
+    sy.set_defaults(func=cmd_synth)
     return parser
 
 
@@ -356,6 +379,29 @@ def cmd_tile(args) -> int:
     summary = run_job(opts)
     print(summary.output, flush=True)
     return 2 if summary.failed else 0
+
+
+def cmd_synth(args) -> int:
+    from pipelines.synthesis import Pix2PixHDSpec, read_mask_pairs, summarize_history, train_pix2pixhd
+
+    spec = Pix2PixHDSpec(input_nc=3 if args.edges else 2, ngf=args.ngf, n_downsampling=args.n_downsampling,
+                         n_blocks=args.n_blocks, local_enhancer=args.local_enhancer, size=args.size,
+                         channels=("background", "wound", "edges")[: 3 if args.edges else 2])
+    if args.vgg_weights and not Path(args.vgg_weights).is_file():
+        raise ConfigError(f"--vgg-weights {args.vgg_weights} not found; pass a local torchvision VGG19 weights file "
+                          "or leave the option out")
+    label_maps, images, _ = read_mask_pairs(args.images, args.masks, size=args.size, edges=args.edges)
+    out = Path(args.output)
+    try:
+        history = train_pix2pixhd(label_maps, images, spec, out, steps=args.steps, batch_size=args.batch_size,
+                                  vgg_weights=args.vgg_weights, device=args.device, seed=args.seed,
+                                  sample_every=args.sample_every)
+    except KeyboardInterrupt:
+        raise ConfigError(f"interrupted; run the same command again to continue from {out / 'last_state.pt'}") from None
+    log.info("%s", summarize_history(history))
+    log.info("sample grid (label map | generated | real): %s", out / "samples" / "final.png")
+    print(out.resolve(), flush=True)
+    return 0
 
 
 def cmd_list(args) -> int:

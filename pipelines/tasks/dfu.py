@@ -223,8 +223,14 @@ def _synthesise(data: DfuData, cfg: Mapping, ctx: Context) -> None:
     if (data.table["source"] == "synthetic").any():
         return
     s, seed = cfg["synth"], int(cfg["seed"])
-    real = data.table[(data.table["split"] == "train") & (data.table["source"] == "real")]
-    images = [_read(data.root / p) for p in real["path"]]
+    # the generator learns from the real training images of the classes it is to draw, so that their
+    # look is not drowned out by the common classes (no validation or test image ever reaches it)
+    train = data.table[(data.table["split"] == "train") & (data.table["source"] == "real")]
+    real = train[train["label"].isin(s["classes"])]
+    if real.empty:
+        raise DataError(f"the training split has no real images of synth.classes {s['classes']} to learn from; "
+                        "choose classes present in train.csv or set synth.enabled=false")
+    images = [_resize(_read(data.root / p), s["size"]) for p in real["path"]]
     index = {c: i for i, c in enumerate(CLASSES)}
     edges = [edge_map(image, s["size"]) for image in images]
     if s["generator"]:
@@ -234,11 +240,11 @@ def _synthesise(data: DfuData, cfg: Mapping, ctx: Context) -> None:
                               f"generator takes {1 + len(CLASSES)} (edges + one plane per class)")
     else:
         spec = Pix2PixHDSpec(input_nc=1 + len(CLASSES), output_nc=3, ngf=s["ngf"], n_downsampling=s["n_downsampling"],
-                             n_blocks=s["n_blocks"], size=s["size"])
+                             n_blocks=s["n_blocks"], size=s["size"], channels=("edges", *CLASSES))
         maps = [class_label_map(e, index[c], len(CLASSES)) for e, c in zip(edges, real["label"], strict=True)]
         out = data.run_dir / "synthesis"
         train_pix2pixhd(maps, images, spec, out, steps=s["steps"], batch_size=s["batch_size"],
-                        vgg_weights=s["vgg_weights"], device=ctx.device, seed=seed)
+                        vgg_weights=s["vgg_weights"], device=ctx.device, seed=seed, progress=ctx.is_main)
         generator, spec = load_generator(out / "generator.safetensors")
     rng = np.random.default_rng(seed)
     rows = []
@@ -269,6 +275,12 @@ def _read(path: Path) -> np.ndarray:
     from pipelines.datasets.images import read_image
 
     return read_image(path)
+
+
+def _resize(image: np.ndarray, size: int) -> np.ndarray:
+    import cv2
+
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
 
 
 def _write_png(rgb: np.ndarray, path: Path) -> None:
