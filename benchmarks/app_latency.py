@@ -13,16 +13,17 @@ weights are random (speed does not depend on them). Writes ``runs/benchmarks/app
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from pipelines.backbones import create_backbone
 from pipelines.datasets.images import decode_image
 from pipelines.engine.explain import gradcam
+from pipelines.engine.run_folder import write_csv
 from pipelines.model_store import StoredModel
 from pipelines.serving import MAX_UPLOAD_PIXELS, _display, _overlay, classify
 from pipelines.transforms.augment import build_transform
@@ -90,11 +91,7 @@ def main() -> None:
                      "median_ms": round(ms, 2), "vs_forward": round(ms / (peer * 1000), 2), "runs": args.runs})
         print(f"  {name:30s} {ms:8.1f} ms  ({ms / (peer * 1000):.2f} x forward)")
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out, pd.DataFrame(rows))
     print(f"wrote {out}")
 
 

@@ -18,7 +18,6 @@ over eager) for the dashboards, and a second CSV for the pairs.
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import sys
 import tempfile
@@ -26,10 +25,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from pipelines.backbones import check_backbone, create_backbone, list_backbones
 from pipelines.backbones.inference import fuse_batchnorm, prepare_for_inference
+from pipelines.engine.run_folder import write_csv
 
 CPU_MODES = ("eager", "fused", "fused_cl", "onnx")
 GPU_MODES = ("eager", "fused", "fused_cl")
@@ -150,15 +151,10 @@ def pairs(args, modes: tuple[str, ...], tmp: Path) -> list[dict]:
     return rows
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
+def write_rows(path: Path, rows: list[dict]) -> None:
     if not rows:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fields = list(dict.fromkeys(k for row in rows for k in row))
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(path, pd.DataFrame(rows))  # columns: the union of the rows' keys, in order
     print(f"wrote {path}")
 
 
@@ -192,12 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         if not args.pairs_only:
             rows = benchmark(names, args, modes, device, Path(tmp))
-            write_csv(out / f"backbones_{device.type}.csv", rows)
+            write_rows(out / f"backbones_{device.type}.csv", rows)
             ratios = [r["best_vs_eager"] for r in rows]
             print(f"fastest path vs eager: median x{statistics.median(ratios):.2f}, "
                   f"range x{min(ratios):.2f}-x{max(ratios):.2f} over {len(rows)} backbones")
         if device.type == "cpu" and not args.no_pairs:
-            write_csv(out / "paper_pairs_cpu.csv", pairs(args, ("eager", "fused", "fused_cl", "onnx"), Path(tmp)))
+            write_rows(out / "paper_pairs_cpu.csv", pairs(args, ("eager", "fused", "fused_cl", "onnx"), Path(tmp)))
     return 0
 
 

@@ -13,7 +13,6 @@ Writes ``runs/benchmarks/neighborhood_attention.csv``.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import resource
 import statistics
@@ -22,9 +21,11 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from pipelines.backbones.neighborhood_attention import masked_neighborhood_attention, neighborhood_attention
+from pipelines.engine.run_folder import write_csv
 
 METHODS = {"ours": neighborhood_attention, "masked_full": masked_neighborhood_attention}
 
@@ -140,11 +141,7 @@ def main() -> None:
             "peak_mib": memory[method], "max_abs_diff": diff,
         })
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out, pd.DataFrame(rows))
     ours, full = rows
     print(f"{args.size}x{args.size}, kernel {args.kernel}, dilation {args.dilation}, batch {args.batch}, "
           f"{args.heads} heads x {args.head_dim}, {args.device} ({torch.get_num_threads()} threads); "

@@ -26,7 +26,6 @@ smallest size. Writes ``runs/benchmarks/tiling.csv``.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import os
@@ -40,8 +39,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
+
+from pipelines.engine.run_folder import write_csv
 
 METHODS = ("ours_dask", "ours_inprocess", "monai")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -286,12 +288,7 @@ def main() -> None:
                          "workers": args.workers if method == "ours_dask" else 1,
                          "threads": args.workers if method == "ours_dask" else torch.get_num_threads(),
                          "model": "TinySegmenter", "max_abs_diff_vs_monai": diff})
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(Path(args.output), pd.DataFrame(rows))
     print(f"tile {args.tile}, overlap {args.overlap}, batch {args.batch_size}, TinySegmenter, {args.runs} runs")
     by = {(r["method"], r["size"]): r for r in rows}
     for size in args.sizes:
@@ -304,7 +301,7 @@ def main() -> None:
                          f"x{r['peak_mib'] / m['peak_mib']:.2f} memory")
             print(f"  {size}^2 {method:15s} {r['mp_per_s']:6.2f} MP/s   peak {r['peak_mib']:7.0f} MiB "
                   f"({r['processes']} process{'es' if r['processes'] > 1 else ''}){ratio}")
-    print(f"wrote {out}")
+    print(f"wrote {args.output}")
     if not args.tmp:
         shutil.rmtree(work, ignore_errors=True)
 

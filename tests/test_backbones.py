@@ -126,3 +126,16 @@ def test_weights_that_do_not_fit_name_the_keys(tmp_path):
         create_backbone("efficientnet_b0", num_classes=2, weights=tmp_path / "junk.pt")
     with pytest.raises(WeightsError, match="not found"):
         create_backbone("efficientnet_b0", num_classes=2, weights=tmp_path / "nope.safetensors")
+
+
+def test_failed_hub_downloads_are_one_line_errors_with_the_offline_fix():
+    from pipelines.backbones.weights import hub_download_errors
+    from pipelines.errors import ConfigError, DataError
+
+    offline = r"efficientnet_b0 \(OSError\); you may be offline: set model.pretrained_hub=false and model.weights=PATH"
+    with pytest.raises(ConfigError, match=offline), hub_download_errors("efficientnet_b0", True, "model.weights"):
+        raise OSError("no route to host")
+    with pytest.raises(OSError), hub_download_errors("efficientnet_b0", False, "model.weights"):
+        raise OSError("a bug, not a download")
+    with pytest.raises(DataError, match="ours"), hub_download_errors("efficientnet_b0", True, "model.weights"):
+        raise DataError("ours")

@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from pipelines.errors import WeightsError
+from pipelines.errors import ConfigError, PipelinesError, WeightsError
 
-__all__ = ["read_state_dict", "load_weights", "save_weights"]
+__all__ = ["read_state_dict", "load_weights", "save_weights", "hub_download_errors"]
+
+
+@contextlib.contextmanager
+def hub_download_errors(name: str, pretrained_hub: bool, weights_key: str) -> Iterator[None]:
+    """Building a model with hub weights fails offline with a library's traceback; make it one line
+    naming the local-file alternative (``weights_key``). Other errors pass through unchanged."""
+    try:
+        yield
+    except PipelinesError:
+        raise
+    except Exception as exc:
+        if not pretrained_hub:
+            raise
+        raise ConfigError(
+            f"could not fetch pretrained weights for {name} ({type(exc).__name__}); "
+            f"you may be offline: set model.pretrained_hub=false and {weights_key}=PATH"
+        ) from None
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

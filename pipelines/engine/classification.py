@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from pipelines.backbones import check_backbone, create_backbone, head_prefixes, load_weights
+from pipelines.backbones.weights import hub_download_errors
 from pipelines.datasets.images import ImageTableDataset
 from pipelines.engine.distributed import Context
 from pipelines.engine.losses import build_loss, class_weights
@@ -26,7 +27,7 @@ from pipelines.engine.metrics import breakdown, classification_metrics, grouped_
 from pipelines.engine.plots import plot_confusion_matrix
 from pipelines.engine.run_folder import check_run_dir, read_config, write_csv, write_json
 from pipelines.engine.trainer import Trainer, make_loader, predict, seed_everything
-from pipelines.errors import ConfigError, DataError, PipelinesError
+from pipelines.errors import ConfigError, DataError
 from pipelines.transforms.augment import IMAGENET_MEAN, IMAGENET_STD, build_transform
 
 __all__ = [
@@ -102,20 +103,11 @@ def check_model_config(cfg: Mapping) -> None:
 def build_model(cfg: Mapping, num_classes: int) -> nn.Module:
     """The task's backbone from the registry, with local weights or another run's body if asked."""
     m = cfg["model"]
-    try:
+    with hub_download_errors(m["backbone"], m["pretrained_hub"], "model.weights"):
         model = create_backbone(
             m["backbone"], num_classes=num_classes, in_chans=3, weights=m["weights"],
             img_size=cfg["data"]["image_size"], pretrained_hub=m["pretrained_hub"], drop_rate=m["drop_rate"],
         )
-    except PipelinesError:
-        raise
-    except Exception as exc:
-        if not m["pretrained_hub"]:
-            raise
-        raise ConfigError(
-            f"could not fetch pretrained weights for {m['backbone']} ({type(exc).__name__}); "
-            "you may be offline: set model.pretrained_hub=false and model.weights=PATH"
-        ) from None
     if m["init_from"]:
         init_from_run(model, m["init_from"], m["backbone"])
     return model

@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from pipelines.backbones.segmentation import SegmenterSpec, create_segmenter, load_segmenter, save_segmenter
+from pipelines.backbones.weights import hub_download_errors
 from pipelines.engine.distributed import Context
 from pipelines.engine.losses import DiceBCELoss
 from pipelines.engine.metrics import SEGMENTATION_COUNTS, bootstrap_ci, segmentation_counts, segmentation_scores
@@ -30,7 +31,7 @@ from pipelines.engine.plots import save_png, segmentation_overlay
 from pipelines.engine.run_folder import write_csv, write_json
 from pipelines.engine.sliding_window import sliding_window_predict
 from pipelines.engine.trainer import Trainer, autocast, seed_everything
-from pipelines.errors import ConfigError, DataError, PipelinesError
+from pipelines.errors import DataError
 from pipelines.transforms.augment import IMAGENET_MEAN, IMAGENET_STD, build_segmentation_transform
 
 __all__ = [
@@ -240,18 +241,9 @@ def _spec(cfg: Mapping) -> SegmenterSpec:
 
 def _build_model(cfg: Mapping) -> nn.Module:
     m = cfg["model"]
-    try:
+    with hub_download_errors(m["encoder"], bool(m["pretrained_hub"]), "model.encoder_weights"):
         return create_segmenter(m["encoder"], classes=1, in_channels=3, deep_supervision=bool(m["deep_supervision"]),
                                 encoder_weights=m["encoder_weights"], pretrained_hub=bool(m["pretrained_hub"]))
-    except PipelinesError:
-        raise
-    except Exception as exc:
-        if not m["pretrained_hub"]:
-            raise
-        raise ConfigError(
-            f"could not fetch pretrained weights for {m['encoder']} ({type(exc).__name__}); "
-            "you may be offline: set model.pretrained_hub=false and model.encoder_weights=PATH"
-        ) from None
 
 
 def _settings(cfg: Mapping, ctx: Context) -> dict:
