@@ -31,7 +31,7 @@ from pipelines.errors import ConfigError, DataError
 from pipelines.transforms.augment import IMAGENET_MEAN, IMAGENET_STD, build_transform
 
 __all__ = [
-    "LabelledImages", "TrainedClassifier", "check_model_config", "build_model", "load_best_model",
+    "LabelledImages", "TrainedClassifier", "check_model_config", "check_split_files", "build_model", "load_best_model",
     "load_trained_classifier", "train_classifier", "evaluate_classifier", "selected_epoch", "SPLITS",
 ]
 
@@ -82,12 +82,17 @@ class LabelledImages:
         )
 
     def check_files(self) -> None:
-        missing = [p for p in self.table["path"] if not (self.root / p).is_file()]
-        if missing:
-            raise DataError(
-                f"{len(missing)} image(s) of split.csv are not under {self.root}, e.g. {missing[0]}; "
-                "pass --data-root pointing at the data set the run was made with"
-            )
+        check_split_files(self.root, self.table["path"])
+
+
+def check_split_files(root: Path, paths) -> None:
+    """A resumed or re-evaluated run's images must still be where split.csv says (the data may have moved)."""
+    missing = [p for p in paths if not (Path(root) / p).is_file()]
+    if missing:
+        raise DataError(
+            f"{len(missing)} image(s) of split.csv are not under {root}, e.g. {missing[0]}; "
+            "pass --data-root pointing at the data set the run was made with"
+        )
 
 
 def check_model_config(cfg: Mapping) -> None:

@@ -28,12 +28,13 @@ import pandas as pd
 from pipelines.config import check_choices, load_yaml
 from pipelines.datasets.dfu import CLASSES, dfu_split, read_dfuc, write_submission
 from pipelines.datasets.dfu_demo import write_demo_dfuc
-from pipelines.engine.classification import LabelledImages, check_model_config, selected_epoch
+from pipelines.datasets.images import read_image
+from pipelines.engine.classification import LabelledImages, check_model_config, check_split_files, selected_epoch
 from pipelines.engine.distributed import Context
 from pipelines.engine.ensemble import predict_members, select_pseudo_labels, soft_vote, train_members
 from pipelines.engine.losses import LOSSES
 from pipelines.engine.metrics import classification_metrics
-from pipelines.engine.plots import plot_confusion_matrix
+from pipelines.engine.plots import plot_confusion_matrix, save_png
 from pipelines.engine.run_folder import write_csv, write_json
 from pipelines.engine.trainer import MONITORS
 from pipelines.errors import ConfigError, DataError
@@ -175,11 +176,7 @@ def load_data(cfg: Mapping, run_dir: Path | None = None) -> DfuData:
         table = pd.read_csv(path, dtype={"image": str, "group": str, "label": str, "source": str},
                             keep_default_na=False, na_values={"round": [""], "confidence": [""]})
         data = DfuData(table, Path(cfg["data"]["root"]), run_dir)
-        real = table[table["source"] != "synthetic"]
-        missing = [p for p in real["path"] if not (data.root / p).is_file()]
-        if missing:
-            raise DataError(f"{len(missing)} image(s) of split.csv are not under {data.root}, e.g. {missing[0]}; "
-                            "pass --data-root pointing at the data set the run was made with")
+        check_split_files(data.root, table.loc[table["source"] != "synthetic", "path"])  # synthetic: in the run
         return data
     return DfuData(build_split(cfg), Path(cfg["data"]["root"]), run_dir)
 
@@ -205,7 +202,7 @@ def _pseudo_label(data: DfuData, cfg: Mapping, stage: str, previous: Path, ctx: 
     p = cfg["pseudo"]
     chosen = select_pseudo_labels(probs, CLASSES, p["threshold"], p["max_per_class"])
     index = pool.index[chosen["position"].to_numpy()]
-    data.table.loc[index, ["split", "label", "source"]] = ["train", "", "pseudo"]
+    data.table.loc[index, ["split", "source"]] = ["train", "pseudo"]
     data.table.loc[index, "label"] = chosen["label"].to_numpy()
     data.table.loc[index, "round"] = r
     data.table.loc[index, "confidence"] = chosen["confidence"].to_numpy()
@@ -230,7 +227,7 @@ def _synthesise(data: DfuData, cfg: Mapping, ctx: Context) -> None:
     if real.empty:
         raise DataError(f"the training split has no real images of synth.classes {s['classes']} to learn from; "
                         "choose classes present in train.csv or set synth.enabled=false")
-    images = [_resize(_read(data.root / p), s["size"]) for p in real["path"]]
+    images = [_resize(read_image(data.root / p), s["size"]) for p in real["path"]]
     index = {c: i for i, c in enumerate(CLASSES)}
     edges = [edge_map(image, s["size"]) for image in images]
     if s["generator"]:
@@ -262,7 +259,7 @@ def _synthesise(data: DfuData, cfg: Mapping, ctx: Context) -> None:
         fakes = generate(generator, maps, device=ctx.device, batch_size=16)
         for j, (fake, i) in enumerate(zip(fakes, picks, strict=True)):
             path = f"synthetic/{name}_{j:05d}.png"
-            _write_png(fake, data.run_dir / path)
+            save_png(fake, data.run_dir / path)
             rows.append({"image": Path(path).name, "path": path, "split": "train", "label": name,
                          "group": f"synthetic:{real['image'].iloc[i]}", "source": "synthetic", "round": np.nan,
                          "confidence": np.nan})
@@ -271,22 +268,10 @@ def _synthesise(data: DfuData, cfg: Mapping, ctx: Context) -> None:
     data.save()
 
 
-def _read(path: Path) -> np.ndarray:
-    from pipelines.datasets.images import read_image
-
-    return read_image(path)
-
-
 def _resize(image: np.ndarray, size: int) -> np.ndarray:
     import cv2
 
     return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-
-
-def _write_png(rgb: np.ndarray, path: Path) -> None:
-    from pipelines.engine.plots import save_png
-
-    save_png(rgb, path)
 
 
 def train(cfg: Mapping, run_dir: Path, ctx: Context, data: DfuData | None = None) -> None:
