@@ -30,7 +30,7 @@ from pipelines.engine.plots import plot_history
 from pipelines.engine.run_folder import atomic_write_bytes, write_csv
 from pipelines.errors import DataError
 
-__all__ = ["Trainer", "EpochSampler", "predict", "make_loader", "seed_everything", "autocast", "MONITORS"]
+__all__ = ["Trainer", "EpochSampler", "predict", "make_loader", "seed_everything", "autocast", "warmup_cosine", "MONITORS"]
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ class Trainer:
         total = steps_per_epoch * self.t["epochs"]
         warmup = min(steps_per_epoch * self.t["warmup_epochs"], max(total - 1, 0))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, functools.partial(_warmup_cosine, warmup=warmup, total=total)
+            self.optimizer, functools.partial(warmup_cosine, warmup=warmup, total=total)
         )
         use_scaler = self.device.type == "cuda" and self.t["amp"] and not torch.cuda.is_bf16_supported()
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
@@ -322,7 +322,7 @@ def _default_scorer(labels: np.ndarray, probs: np.ndarray, class_names: list[str
     return classification_metrics(labels, probs, class_names)
 
 
-def _warmup_cosine(step: int, warmup: int, total: int) -> float:
+def warmup_cosine(step: int, warmup: int, total: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
