@@ -164,6 +164,8 @@ def run_detail(run_dir: Path, label: str) -> None:
     with warn_on_bad_files():
         segmentation_section(run_dir)
     with warn_on_bad_files():
+        compression_section(run_dir)
+    with warn_on_bad_files():
         mistakes_section(run_dir)  # last: the first look at a data set's images may take seconds
 
 
@@ -306,6 +308,19 @@ def segmentation_section(run_dir: Path) -> None:
         for i, path in enumerate(overlays[:48]):
             with columns[i % GALLERY_COLUMNS]:
                 st.image(str(path), caption=path.stem, width="stretch")
+
+
+def compression_section(run_dir: Path) -> None:
+    table = read("load_ablation", run_dir)
+    if table is None:
+        return
+    st.markdown("#### Token compression: the same detector at each setting (test scenes)")
+    st.caption("Latency: medians per frame (all cameras); NDS and mAP over all 10 nuScenes classes; "
+               "GT tokens kept: share of tokens inside projected ground-truth boxes that took the full path.")
+    show(labelled_points(table, alt.X("backbone_ms:Q", title="backbone ms per frame"),
+                         alt.Y("nds:Q", title="NDS", scale=alt.Scale(zero=False)), "setting",
+                         tooltip=list(table.columns)))
+    st.dataframe(table, hide_index=True)
 
 
 def compare_view(index: R.RunIndex, shown: pd.DataFrame) -> None:

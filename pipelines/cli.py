@@ -175,7 +175,7 @@ def cmd_run(args) -> int:
     else:
         task = get_task(args.task)
         cfg = resolve_config(task, args)
-    if not cfg["model"]["pretrained_hub"]:
+    if not cfg["model"].get("pretrained_hub"):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     task.validate(cfg)
     ctx = distributed.setup(args.device)
@@ -221,6 +221,12 @@ def _summary(run_dir: Path) -> None:
     metrics = json.loads(path.read_text())
     for split in ("val", "test"):
         m = metrics.get(split, {})
+        if "nds" in m:  # 3D detection (toc3d)
+            p = m["present"]
+            log.info("%s: mAP %.3f, NDS %.3f (all 10 classes); over the classes present (%s): mAP %.3f, NDS %.3f; "
+                     "%s", split, m["map"], m["nds"], ", ".join(p["classes"]), p["map"], p["nds"],
+                     ", ".join(f"{k} {v:.3f}" for k, v in p["tp_errors"].items() if v is not None))
+            continue
         if "iou" in m:  # segmentation (buildings)
             ci = m.get("ci95", {}).get("iou")
             iou_ci = " [{:.3f}, {:.3f}]".format(*ci) if ci else ""

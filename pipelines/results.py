@@ -47,9 +47,9 @@ __all__ = [
     "compare_metrics", "compare_curves", "load_benchmarks", "speed_accuracy", "load_tiles", "overlay_paths",
 ]
 
-METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "acc", "auc", "iou")
+METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "acc", "auc", "iou", "map", "nds")
 """Headline test metrics, in display order (``acc``/``auc``: MedMNIST's official ACC and AUC; ``iou``: the
-foreground class's IoU of segmentation runs)."""
+foreground class's IoU of segmentation runs; ``map``/``nds``: nuScenes detection, over all 10 classes)."""
 
 MAX_DEPTH = 4
 SKIPPED_FOLDERS = {"benchmarks", "checkpoints", "plots", "export", "__pycache__"}
@@ -655,3 +655,13 @@ def overlay_paths(run_dir: str | Path) -> list[Path]:
     """Overlay images of a segmentation run (``plots/overlays/*.png``), by name."""
     return sorted((Path(run_dir) / "plots" / "overlays").glob("*.png"))
 
+
+ABLATION_COLUMNS = ("setting", "backbone_ms", "model_ms", "map", "nds", "gt_token_share_kept")
+
+
+def load_ablation(run_dir: str | Path) -> pd.DataFrame | None:
+    """``ablation.csv`` of a toc3d run: one trained detector per compression setting (latency medians,
+    mAP, NDS, share of ground-truth-box tokens that took the full path)."""
+    path = Path(run_dir) / "ablation.csv"
+    frame = _read_csv(path, ["setting"])
+    return None if frame is None else _require(frame, ABLATION_COLUMNS, path)

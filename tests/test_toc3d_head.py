@@ -90,3 +90,35 @@ def test_eval_boxes_are_global_boxes_with_the_devkit_conventions():
     assert np.allclose(box["ego_translation"], [0.0, 10.0, 1.0])
     assert quaternion_yaw(box["rotation"]) == pytest.approx(math.pi / 2 + 0.3)
     assert np.allclose(box["velocity"], [0.0, 1.0])
+
+
+def test_view_bias_peaks_at_the_reference_points_projection():
+    head = _head()
+    # one camera looking along ego +x (camera z), x right = ego -y, y down = ego -z
+    cam2ego = torch.eye(4)
+    cam2ego[:3, :3] = torch.tensor([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+    k = torch.tensor([[20.0, 0, 16], [0, 20.0, 12], [0, 0, 1]])
+    point = torch.tensor([[[10.0, -2.5, 0.0]]])  # projects to u = 16 + 20 * 2.5 / 10 = 21, v = 12
+    bias = head.view_bias(head.normalise(point), (3, 4), (24, 32), k[None, None], cam2ego[None, None])
+    assert bias.shape == (1, 1, 12)
+    assert int(bias[0, 0].argmax()) == 1 * 4 + 2  # row 1 (v 8..16), column 2 (u 16..24)
+    behind = head.view_bias(head.normalise(-point), (3, 4), (24, 32), k[None, None], cam2ego[None, None])
+    assert (behind <= -1e4).all()
+
+
+def test_denoising_queries_are_invisible_to_the_matching_queries():
+    from pipelines.detection3d.losses import denoising_queries
+
+    head = _head().eval()
+    feats, k, pose = _inputs()
+    target = [{"labels": torch.tensor([0, 9]),
+               "boxes": torch.tensor([[6.0, 2.0, 0.8, 0.6, 1.5, 0.5, 0.0, 1.0, 0.0, 0.0],
+                                      [-3.0, 5.0, 0.5, 0.9, -0.7, 0.0, 1.0, 0.0, 0.0, 0.0]])}]
+    dn = denoising_queries(target, head.normalise, 1.0, torch.Generator().manual_seed(0))
+    assert dn.shape == (1, 2, 3)
+    plain = head(feats, k, pose, (24, 32))
+    with_dn = head(feats, k, pose, (24, 32), denoising=dn)
+    assert torch.allclose(plain["logits"], with_dn["logits"], atol=1e-5)
+    assert with_dn["dn_boxes"].shape == (2, 1, 2, 10)
+    losses = detection_loss(with_dn, target)
+    assert losses["dn"] > 0 and torch.isfinite(losses["loss"])

@@ -9,6 +9,11 @@ conditioned on velocity, time step and ego motion) and decoded together with the
 objects seen once are tracked cheaply. The same moved queries are the "history queries" ToC3D's token
 scorer matches image tokens against.
 
+Two additions make it learn in hundreds of CPU steps rather than PETR's tens of thousands: a geometric
+attention bias (each query favours the tokens around its reference point's projection in each camera,
+:meth:`StreamHead.view_bias`) with the reference refined layer by layer, and StreamPETR's query denoising
+(noisy ground-truth centres as extra queries during training, hidden from the ordinary queries).
+
 Boxes are regressed as ``[x, y, z, log w, log l, log h, sin yaw, cos yaw, vx, vy]`` in the ego frame.
 """
 
@@ -18,7 +23,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["Memory", "Propagated", "StreamHead", "BOX_DIM", "inverse_sigmoid", "sine_embedding"]
@@ -70,10 +74,11 @@ class DecoderLayer(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(dim, ffn), nn.GELU(), nn.Linear(ffn, dim))
         self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(3))
 
-    def forward(self, tgt, pos, keys, key_pos):
+    def forward(self, tgt, pos, keys, key_pos, bias=None, self_mask=None):
         q = tgt + pos
-        tgt = self.norms[0](tgt + self.self_attn(q, q, tgt, need_weights=False)[0])
-        tgt = self.norms[1](tgt + self.cross_attn(tgt + pos, keys + key_pos, keys, need_weights=False)[0])
+        tgt = self.norms[0](tgt + self.self_attn(q, q, tgt, attn_mask=self_mask, need_weights=False)[0])
+        tgt = self.norms[1](tgt + self.cross_attn(tgt + pos, keys + key_pos, keys, attn_mask=bias,
+                                                  need_weights=False)[0])
         return self.norms[2](tgt + self.ffn(tgt))
 
 
@@ -93,7 +98,8 @@ class StreamHead(nn.Module):
                  depth_range: tuple[float, float] = (1.0, 60.0)):
         super().__init__()
         self.num_classes, self.dim = num_classes, dim
-        self.num_queries, self.num_propagated = num_queries, num_propagated
+        self.num_queries, self.num_propagated, self.heads = num_queries, num_propagated, heads
+        self.log_sigma = nn.Parameter(torch.tensor(math.log(3.0)))  # width of the view bias, in tokens
         self.register_buffer("range_min", torch.tensor(pc_range[:3], dtype=torch.float32), persistent=False)
         self.register_buffer("range_size", torch.tensor(pc_range[3:], dtype=torch.float32)
                              - torch.tensor(pc_range[:3], dtype=torch.float32), persistent=False)
@@ -167,25 +173,64 @@ class StreamHead(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, features: torch.Tensor, intrinsics: torch.Tensor, cam2ego: torch.Tensor,
-                image_size: tuple[int, int], propagated: Propagated | None = None) -> dict:
+                image_size: tuple[int, int], propagated: Propagated | None = None,
+                denoising: torch.Tensor | None = None) -> dict:
         """features (B, V, C, h, w) -> per decoder layer ``logits`` (L, B, Q', K) and ``boxes`` (L, B, Q', 10),
-        plus ``queries`` (B, Q', C) and ``reference`` (B, Q', 3) of the last layer for the memory."""
+        plus ``queries`` (B, Q', C) of the last layer for the memory. ``denoising`` (B, N, 3): normalised
+        noisy ground-truth centres (training only, as StreamPETR's query denoising); their outputs come
+        back as ``dn_logits``/``dn_boxes`` and the ordinary queries never see them."""
         b, v, c, h, w = features.shape
         keys = features.permute(0, 1, 3, 4, 2).reshape(b, v * h * w, c)
         key_pos = self.position_embedding((h, w), image_size, intrinsics, cam2ego)
         ref = self.reference.weight[None].expand(b, -1, -1)
         tgt = torch.zeros(b, self.num_queries, c, device=features.device, dtype=features.dtype)
-        pos = self._query_pos(ref)
         if propagated is not None:
-            ref = torch.cat([propagated.reference, ref], 1)
+            ref = torch.cat([propagated.reference.clamp(0, 1), ref], 1)
             tgt = torch.cat([propagated.content, tgt], 1)
-            pos = torch.cat([propagated.pos, pos], 1)
+        n_match, mask = ref.shape[1], None
+        if denoising is not None:
+            ref = torch.cat([ref, denoising], 1)
+            tgt = torch.cat([tgt, tgt.new_zeros(b, denoising.shape[1], c)], 1)
+            mask = torch.zeros(ref.shape[1], ref.shape[1], dtype=torch.bool, device=ref.device)
+            mask[:n_match, n_match:] = True  # the matching queries must not learn from the answers
+        pos = self._query_pos(ref)
         logits, boxes = [], []
-        for layer, cls_branch, reg_branch in zip(self.layers, self.cls_branches, self.reg_branches, strict=True):
-            tgt = layer(tgt, pos, keys, key_pos)
+        for i, (layer, cls_branch, reg_branch) in enumerate(
+                zip(self.layers, self.cls_branches, self.reg_branches, strict=True)):
+            bias = self.view_bias(ref, (h, w), image_size, intrinsics, cam2ego)
+            tgt = layer(tgt, pos, keys, key_pos, bias.repeat_interleave(self.heads, 0), mask)
             logits.append(cls_branch(tgt))
             boxes.append(self._decode_boxes(reg_branch(tgt), ref))
-        return {"logits": torch.stack(logits), "boxes": torch.stack(boxes), "queries": tgt}
+            if i + 1 < len(self.layers):  # iterative refinement: the next layer looks where this one found
+                ref = self.normalise(boxes[-1][..., :3]).clamp(0, 1).detach()
+                pos = self._query_pos(ref)
+        logits, boxes = torch.stack(logits), torch.stack(boxes)
+        out = {"logits": logits[:, :, :n_match], "boxes": boxes[:, :, :n_match], "queries": tgt[:, :n_match]}
+        if denoising is not None:
+            out.update(dn_logits=logits[:, :, n_match:], dn_boxes=boxes[:, :, n_match:])
+        return out
+
+    def view_bias(self, ref: torch.Tensor, grid: tuple[int, int], image_size: tuple[int, int],
+                  intrinsics: torch.Tensor, cam2ego: torch.Tensor) -> torch.Tensor:
+        """(B, Q, V*h*w) additive attention bias: each query favours the tokens around its reference
+        point's projection into each camera (a Gaussian in token units; -inf-like behind a camera).
+        Why: it makes the geometry explicit, so the decoder localises after hundreds of steps, not the
+        tens of thousands PETR's implicit 3D position embedding alone needs."""
+        h, w = grid
+        height, width = image_size
+        pts = self.denormalise(ref)  # (B, Q, 3) ego frame
+        ego2cam = torch.linalg.inv(cam2ego.float())
+        cam = torch.einsum("bvij,bqj->bvqi", ego2cam[..., :3, :3], pts) + ego2cam[:, :, None, :3, 3]
+        depth = cam[..., 2]
+        uvw = torch.einsum("bvij,bvqj->bvqi", intrinsics.float(), cam)
+        uv = uvw[..., :2] / depth.clamp_min(0.1)[..., None]
+        cell = torch.tensor([width / w, height / h], device=ref.device)
+        token = torch.stack(torch.meshgrid(torch.arange(h, device=ref.device), torch.arange(w, device=ref.device),
+                                           indexing="ij")[::-1], -1).reshape(-1, 2) + 0.5  # (T, 2) x, y
+        d2 = ((uv[..., None, :] / cell - token) ** 2).sum(-1)  # (B, V, Q, T)
+        bias = -d2 / (2 * self.log_sigma.exp() ** 2)
+        bias = torch.where(depth[..., None] > 0.1, bias, torch.full_like(bias, -1e4))
+        return bias.permute(0, 2, 1, 3).flatten(2)
 
     def _decode_boxes(self, reg: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         centre = self.denormalise(torch.sigmoid(inverse_sigmoid(ref) + reg[..., :3]))

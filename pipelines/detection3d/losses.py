@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["focal_loss", "hungarian_match", "detection_loss", "CODE_WEIGHTS"]
+__all__ = ["focal_loss", "hungarian_match", "detection_loss", "denoising_loss", "denoising_queries", "CODE_WEIGHTS"]
 
 # box code: x, y, z, log w, log l, log h, sin, cos, vx, vy (velocity counts less, as in StreamPETR)
 CODE_WEIGHTS = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.2)
@@ -71,4 +71,46 @@ def detection_loss(out: dict, targets: Sequence[dict], cls_weight: float = 2.0, 
         cls_total = cls_total + focal_loss(logits.float(), cls_target)
     cls_loss = cls_weight * cls_total / n_boxes
     reg_loss = reg_weight * reg_total / n_boxes
-    return {"loss": cls_loss + reg_loss, "cls": cls_loss.detach(), "l1": reg_loss.detach()}
+    result = {"loss": cls_loss + reg_loss, "cls": cls_loss.detach(), "l1": reg_loss.detach()}
+    if "dn_logits" in out:
+        dn = denoising_loss(out, targets, code, cls_weight, reg_weight) / n_boxes
+        result.update(loss=result["loss"] + dn, dn=dn.detach())
+    return result
+
+
+def denoising_loss(out: dict, targets: Sequence[dict], code: torch.Tensor, cls_weight: float, reg_weight: float
+                   ) -> torch.Tensor:
+    """Query denoising: the i-th denoising query started from the i-th box's noisy centre and must
+    return that box (no matching); rows beyond a frame's box count are padding and count nowhere."""
+    logits, boxes = out["dn_logits"], out["dn_boxes"]  # (L, B, N, K), (L, B, N, 10)
+    total = logits.new_zeros(())
+    for b, t in enumerate(targets):
+        n = len(t["labels"])
+        if n == 0:
+            continue
+        labels, tboxes = t["labels"].to(logits.device), t["boxes"].to(logits.device)
+        target = torch.zeros_like(logits[:, b, :n])
+        target[:, torch.arange(n, device=logits.device), labels] = 1.0
+        total = total + cls_weight * focal_loss(logits[:, b, :n].float(), target)
+        diff = (boxes[:, b, :n] - torch.nan_to_num(tboxes)).abs() * code * torch.isfinite(tboxes).float()
+        total = total + reg_weight * diff.sum()
+    return total
+
+
+def denoising_queries(targets: Sequence[dict], normalise, noise: float, generator: torch.Generator | None = None
+                      ) -> torch.Tensor | None:
+    """(B, N, 3) normalised reference points: each box's centre moved by up to ``noise`` times its half
+    size (w, l along x, y; h along z), padded to the batch's most boxes; None when no frame has boxes."""
+    n = max(len(t["labels"]) for t in targets)
+    if n == 0:
+        return None
+    device = targets[0]["boxes"].device
+    refs = torch.full((len(targets), n, 3), 0.5, device=device)
+    for b, t in enumerate(targets):
+        k = len(t["labels"])
+        if k == 0:
+            continue
+        centre, half = t["boxes"][:, :3], t["boxes"][:, 3:6].exp()[:, [1, 1, 2]] / 2  # l covers any heading
+        jitter = (torch.rand(k, 3, generator=generator) * 2 - 1).to(device)
+        refs[b, :k] = normalise(centre + jitter * half * noise).clamp(0, 1)
+    return refs

@@ -30,7 +30,8 @@ from pipelines.engine.plots import plot_history
 from pipelines.engine.run_folder import atomic_write_bytes, write_csv
 from pipelines.errors import DataError
 
-__all__ = ["Trainer", "EpochSampler", "predict", "make_loader", "seed_everything", "autocast", "warmup_cosine", "MONITORS"]
+__all__ = ["Trainer", "EpochSampler", "predict", "make_loader", "seed_everything", "autocast", "warmup_cosine",
+           "MONITORS"]
 
 log = logging.getLogger(__name__)
 
@@ -323,6 +324,7 @@ def _default_scorer(labels: np.ndarray, probs: np.ndarray, class_names: list[str
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
+    """Learning-rate factor: linear warm-up over ``warmup`` steps, then a cosine decay to 0 at ``total``."""
     if step < warmup:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)

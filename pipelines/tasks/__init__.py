@@ -22,6 +22,7 @@ TASKS = {
     "medmnist": "pipelines.tasks.medmnist",
     "buildings": "pipelines.tasks.buildings",
     "dfu": "pipelines.tasks.dfu",
+    "toc3d": "pipelines.tasks.toc3d",
 }
 
 
