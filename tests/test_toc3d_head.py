@@ -100,8 +100,8 @@ def test_view_bias_peaks_at_the_reference_points_projection():
     k = torch.tensor([[20.0, 0, 16], [0, 20.0, 12], [0, 0, 1]])
     point = torch.tensor([[[10.0, -2.5, 0.0]]])  # projects to u = 16 + 20 * 2.5 / 10 = 21, v = 12
     bias = head.view_bias(head.normalise(point), (3, 4), (24, 32), k[None, None], cam2ego[None, None])
-    assert bias.shape == (1, 1, 12)
-    assert int(bias[0, 0].argmax()) == 1 * 4 + 2  # row 1 (v 8..16), column 2 (u 16..24)
+    assert bias.shape == (1, 2, 1, 12)  # one map per head, the heads differing in width
+    assert (bias[0, :, 0].argmax(-1) == 1 * 4 + 2).all()  # row 1 (v 8..16), column 2 (u 16..24)
     behind = head.view_bias(head.normalise(-point), (3, 4), (24, 32), k[None, None], cam2ego[None, None])
     assert (behind <= -1e4).all()
 

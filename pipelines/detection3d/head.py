@@ -99,7 +99,9 @@ class StreamHead(nn.Module):
         super().__init__()
         self.num_classes, self.dim = num_classes, dim
         self.num_queries, self.num_propagated, self.heads = num_queries, num_propagated, heads
-        self.log_sigma = nn.Parameter(torch.tensor(math.log(3.0)))  # width of the view bias, in tokens
+        # width of the view bias per attention head, in tokens: from a tight look at the reference point's
+        # own tokens to wide context
+        self.log_sigma = nn.Parameter(torch.log(2.0 ** (torch.arange(heads, dtype=torch.float32) % 4)))
         self.register_buffer("range_min", torch.tensor(pc_range[:3], dtype=torch.float32), persistent=False)
         self.register_buffer("range_size", torch.tensor(pc_range[3:], dtype=torch.float32)
                              - torch.tensor(pc_range[:3], dtype=torch.float32), persistent=False)
@@ -110,6 +112,7 @@ class StreamHead(nn.Module):
         self.frustum_pe = nn.Sequential(nn.Linear(depth_bins * 3, dim * 2), nn.ReLU(), nn.Linear(dim * 2, dim))
         self.reference = nn.Embedding(num_queries, 3)
         nn.init.uniform_(self.reference.weight, 0.0, 1.0)
+        self.content = nn.Embedding(num_queries, dim)  # distinct starting content keeps queries apart early on
         self.query_pos = nn.Sequential(nn.Linear(3 * (dim // 2), dim), nn.ReLU(), nn.Linear(dim, dim))
         self.layers = nn.ModuleList(DecoderLayer(dim, heads, int(dim * ffn_ratio)) for _ in range(layers))
         self.cls_branches = nn.ModuleList(
@@ -183,7 +186,7 @@ class StreamHead(nn.Module):
         keys = features.permute(0, 1, 3, 4, 2).reshape(b, v * h * w, c)
         key_pos = self.position_embedding((h, w), image_size, intrinsics, cam2ego)
         ref = self.reference.weight[None].expand(b, -1, -1)
-        tgt = torch.zeros(b, self.num_queries, c, device=features.device, dtype=features.dtype)
+        tgt = self.content.weight[None].expand(b, -1, -1).to(features.dtype)
         if propagated is not None:
             ref = torch.cat([propagated.reference.clamp(0, 1), ref], 1)
             tgt = torch.cat([propagated.content, tgt], 1)
@@ -198,7 +201,7 @@ class StreamHead(nn.Module):
         for i, (layer, cls_branch, reg_branch) in enumerate(
                 zip(self.layers, self.cls_branches, self.reg_branches, strict=True)):
             bias = self.view_bias(ref, (h, w), image_size, intrinsics, cam2ego)
-            tgt = layer(tgt, pos, keys, key_pos, bias.repeat_interleave(self.heads, 0), mask)
+            tgt = layer(tgt, pos, keys, key_pos, bias.flatten(0, 1), mask)
             logits.append(cls_branch(tgt))
             boxes.append(self._decode_boxes(reg_branch(tgt), ref))
             if i + 1 < len(self.layers):  # iterative refinement: the next layer looks where this one found
@@ -212,7 +215,7 @@ class StreamHead(nn.Module):
 
     def view_bias(self, ref: torch.Tensor, grid: tuple[int, int], image_size: tuple[int, int],
                   intrinsics: torch.Tensor, cam2ego: torch.Tensor) -> torch.Tensor:
-        """(B, Q, V*h*w) additive attention bias: each query favours the tokens around its reference
+        """(B, heads, Q, V*h*w) additive attention bias: each query favours the tokens around its reference
         point's projection into each camera (a Gaussian in token units; -inf-like behind a camera).
         Why: it makes the geometry explicit, so the decoder localises after hundreds of steps, not the
         tens of thousands PETR's implicit 3D position embedding alone needs."""
@@ -228,9 +231,10 @@ class StreamHead(nn.Module):
         token = torch.stack(torch.meshgrid(torch.arange(h, device=ref.device), torch.arange(w, device=ref.device),
                                            indexing="ij")[::-1], -1).reshape(-1, 2) + 0.5  # (T, 2) x, y
         d2 = ((uv[..., None, :] / cell - token) ** 2).sum(-1)  # (B, V, Q, T)
-        bias = -d2 / (2 * self.log_sigma.exp() ** 2)
-        bias = torch.where(depth[..., None] > 0.1, bias, torch.full_like(bias, -1e4))
-        return bias.permute(0, 2, 1, 3).flatten(2)
+        d2 = d2.permute(0, 2, 1, 3).flatten(2)  # (B, Q, V*T)
+        behind = (depth <= 0.1).permute(0, 2, 1)[..., None].expand(-1, -1, -1, h * w).flatten(2)
+        bias = -d2[:, None] / (2 * self.log_sigma.exp()[None, :, None, None] ** 2)  # (B, heads, Q, V*T)
+        return bias.masked_fill(behind[:, None], -1e4)
 
     def _decode_boxes(self, reg: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         centre = self.denormalise(torch.sigmoid(inverse_sigmoid(ref) + reg[..., :3]))
