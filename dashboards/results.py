@@ -318,8 +318,7 @@ def compression_section(run_dir: Path) -> None:
     st.caption("Latency: medians per frame (all cameras); NDS and mAP over all 10 nuScenes classes; "
                "GT tokens kept: share of tokens inside projected ground-truth boxes that took the full path.")
     show(labelled_points(table, alt.X("backbone_ms:Q", title="backbone ms per frame"),
-                         alt.Y("nds:Q", title="NDS", scale=alt.Scale(zero=False)), "setting",
-                         tooltip=list(table.columns)))
+                         alt.Y("nds:Q", title="NDS", scale=alt.Scale(zero=False)), "setting"))
     st.dataframe(table, hide_index=True)
 
 

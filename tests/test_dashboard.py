@@ -101,3 +101,23 @@ def test_compare_and_speed_views(monkeypatch, runs_root):
 def test_empty_root_says_how_to_make_a_run(monkeypatch, tmp_path):
     at = dashboard(monkeypatch, tmp_path)
     assert len(at.info) == 1 and "pipelines run breakhis --demo" in at.info[0].value
+
+
+def test_toc3d_run_shows_its_compression_ablation(monkeypatch, tmp_path):
+    import json
+
+    import pandas as pd
+
+    run_dir = tmp_path / "toc3d" / "demo"
+    write_config(run_dir, task="toc3d", demo=True)
+    split = {"map": 0.1, "nds": 0.2, "tp_errors": {"trans_err": 0.5},
+             "per_class": {"car": {"ap": 0.3, "ap_0.5": 0.1, "trans_err": 0.5}}}
+    (run_dir / "metrics.json").write_text(json.dumps({"map": 0.1, "nds": 0.2, "test": split, "val": split,
+                                                      "info": {"task": "toc3d", "demo": True}}))
+    pd.DataFrame({"setting": ["no compression", "learned [0.5, 0.4, 0.3]"], "backbone_ms": [100.0, 68.0],
+                  "model_ms": [150.0, 118.0], "map": [0.1, 0.1], "nds": [0.2, 0.199],
+                  "gt_token_share_kept": [1.0, 0.7]}).to_csv(run_dir / "ablation.csv", index=False)
+    at = dashboard(monkeypatch, tmp_path, view="Run detail", run="toc3d/demo")
+    assert "#### Token compression: the same detector at each setting (test scenes)" in markdown_texts(at)
+    shown = [d.value for d in at.dataframe if "setting" in d.value.columns]
+    assert shown and list(shown[0]["backbone_ms"]) == [100.0, 68.0]

@@ -48,7 +48,7 @@ DEMO_OVERRIDES = {
     "model.depth_bins": 24,
     "model.depth_range": [1.0, 45.0],
     "model.pc_range": [-40.0, -40.0, -2.0, 40.0, 40.0, 4.0],
-    "train.epochs": 12,
+    "train.epochs": 20,
     "train.lr": 0.001,
     "train.weight_decay": 0.0001,
     "train.grad_clip": 10.0,
