@@ -79,3 +79,30 @@ def test_bad_keep_ratios_are_a_one_line_config_error():
     cfg["train"]["keep_ratio_choices"] = [[0.5, 0.4, 1.5]]
     with pytest.raises(ConfigError, match=r"keep_ratio_choices\[0\]"):
         toc3d.validate(cfg)
+
+
+def test_the_real_keyframe_goes_through_the_detector():
+    """The real nuScenes keyframe (1600x900 images, mmdetection3d info layout) resized for a small model:
+    targets in range, GT-box tokens in the front camera, boxes decoded into the global frame."""
+    import numpy as np
+    import torch
+
+    from pipelines.datasets.nuscenes import read_mmdet3d_info
+    from pipelines.detection3d.model import build_detector, decode, to_eval_boxes
+    from tests.conftest import SHARED
+
+    (frame,) = read_mmdet3d_info(next((SHARED / "data" / "nuscenes_sample").glob("*.json")))
+    cfg = toc3d.defaults()
+    cfg["model"].update(image_size=[64, 112], patch_size=16, embed_dim=32, depth=4, heads=2, stages=[1, 2, 3],
+                        queries=20, propagated=8, decoder_layers=2, depth_bins=8)
+    torch.manual_seed(0)
+    model = build_detector(cfg["model"], len(DETECTION_CLASSES)).eval()
+    batch = toc3d.frame_loader(cfg, model).batch([frame])
+    assert batch.images.shape == (1, 6, 3, 64, 112) and len(batch.targets[0]["labels"]) > 30
+    assert batch.token_masks[0, 0].sum() > 0  # CAM_FRONT sees boxes
+    with torch.no_grad():
+        out, feats = model(batch.images, batch.intrinsics, batch.cam2ego, batch.timestamp)
+    boxes = to_eval_boxes(decode(out, 10)[0], frame.ego2global, DETECTION_CLASSES)
+    assert len(boxes) == 10 and len(feats["keep"]) == 3
+    ego = np.asarray(frame.ego2global)[:3, 3]
+    assert all(np.hypot(*(np.asarray(b["translation"][:2]) - ego[:2])) < 75 for b in boxes)

@@ -228,6 +228,7 @@ def evaluate(cfg: Mapping, run_dir: Path, ctx: Context, data: SceneData | None =
         raise DataError(f"{best} not found; train the run first (pipelines run toc3d ...)")
     load_weights(model, best)
     model.to(ctx.device)
+    seed_everything(int(cfg["seed"]))  # random scoring in the ablation draws from torch's generator
     loader = frame_loader(cfg, model)
     main = Setting(cfg["model"]["keep_ratios"])
     results, predictions = {}, []
