@@ -150,10 +150,9 @@ def fit(model: ToC3DDetector, loader: FrameLoader, train_scenes: Sequence[Sequen
         torch.save({**state, "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, buffer)
         atomic_write_bytes(ckpt / "last_state.pt", buffer.getvalue())
-        log.info("epoch %d: loss %.3f (focal %.3f, L1 %.3f, denoising %.3f, tokens %.3f) val mAP %.3f NDS %.3f%s "
-                 "(%.0fs)", epoch, row["train_loss"], row["train_cls"], row["train_l1"], row["train_dn"],
-                 row["train_tokens"], val["map"], val["nds"],
-                 " *" if improved else "", row["seconds"])
+        log.info("epoch %d: loss %.3f (focal %.3f, L1 %.3f, denoising %.3f, tokens %.3f) val mAP %.3f NDS %.3f "
+                 "(classes present)%s (%.0fs)", epoch, row["train_loss"], row["train_cls"], row["train_l1"],
+                 row["train_dn"], row["train_tokens"], val["map"], val["nds"], " *" if improved else "", row["seconds"])
     return pd.DataFrame(state["history"])
 
 
