@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 DESCRIPTION = "multi-view 3D detection (nuScenes format): ToC3D token-compressed ViT + StreamPETR-style head"
 
-# What `--demo` changes: the synthetic 96x176 px scenes, a small ViT and head, for a 2-core CPU.
+# What `--demo` changes: the synthetic 96x176 px scenes, a small ViT and head, for a 2-core CPU (about 20 minutes).
 DEMO_OVERRIDES = {
     "data.cache_images": True,
     "model.image_size": [96, 176],
