@@ -45,6 +45,7 @@ __all__ = [
     "roc_curves", "pr_curves", "confident_mistakes", "load_images", "load_robustness",
     "load_relative_robustness", "load_robustness_summary", "robustness_curves", "robustness_heatmap",
     "compare_metrics", "compare_curves", "load_benchmarks", "speed_accuracy", "load_tiles", "overlay_paths",
+    "load_ablation",
 ]
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "acc", "auc", "iou", "map", "nds")
