@@ -13,7 +13,7 @@ import sys
 import pandas as pd
 import streamlit as st
 
-from pipelines.errors import PipelinesError
+from pipelines.core.errors import PipelinesError
 from pipelines.model_store import NOTICE, card_markdown, list_models, load_model
 from pipelines.serving import classify
 

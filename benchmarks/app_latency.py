@@ -21,9 +21,9 @@ import pandas as pd
 import torch
 
 from pipelines.backbones import create_backbone
-from pipelines.datasets.images import decode_image
+from pipelines.core.images import decode_image
+from pipelines.core.io import write_csv
 from pipelines.engine.explain import gradcam
-from pipelines.engine.run_folder import write_csv
 from pipelines.model_store import StoredModel
 from pipelines.serving import MAX_UPLOAD_PIXELS, _display, _overlay, classify
 from pipelines.transforms.augment import build_transform

@@ -30,7 +30,7 @@ import torch
 
 from pipelines.backbones import check_backbone, create_backbone, list_backbones
 from pipelines.backbones.inference import fuse_batchnorm, prepare_for_inference
-from pipelines.engine.run_folder import write_csv
+from pipelines.core.io import write_csv
 
 CPU_MODES = ("eager", "fused", "fused_cl", "onnx")
 GPU_MODES = ("eager", "fused", "fused_cl")

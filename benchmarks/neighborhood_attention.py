@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from pipelines.backbones.neighborhood_attention import masked_neighborhood_attention, neighborhood_attention
-from pipelines.engine.run_folder import write_csv
+from pipelines.core.io import write_csv
 
 METHODS = {"ours": neighborhood_attention, "masked_full": masked_neighborhood_attention}
 

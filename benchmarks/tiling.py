@@ -43,7 +43,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from pipelines.engine.run_folder import write_csv
+from pipelines.core.io import write_csv
 
 METHODS = ("ours_dask", "ours_inprocess", "monai")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

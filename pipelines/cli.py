@@ -24,7 +24,7 @@ import os
 import sys
 from pathlib import Path
 
-from pipelines.errors import ConfigError, PipelinesError
+from pipelines.core.errors import ConfigError, PipelinesError, one_line
 
 log = logging.getLogger("pipelines")
 
@@ -157,7 +157,7 @@ def resolve_config(task_module, args) -> dict:
 
 def cmd_run(args) -> int:
     from pipelines.config import apply_overrides
-    from pipelines.engine import distributed
+    from pipelines.core import device as distributed
     from pipelines.engine.run_folder import create_run_dir, read_config, write_config, write_environment
     from pipelines.tasks import get_task
 
@@ -249,7 +249,7 @@ def _summary(run_dir: Path) -> None:
 
 
 def cmd_eval(args) -> int:
-    from pipelines.engine import distributed
+    from pipelines.core import device as distributed
     from pipelines.engine.run_folder import check_run_dir, read_config, write_config
     from pipelines.tasks import get_task
 
@@ -314,8 +314,8 @@ def cmd_export(args) -> int:
         return _export_to_store(args)
     from pipelines.backbones.inference import fuse_batchnorm
     from pipelines.backbones.onnx_export import export_onnx
+    from pipelines.core.io import write_json
     from pipelines.engine.classification import load_trained_classifier
-    from pipelines.engine.run_folder import write_json
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     trained = load_trained_classifier(args.run_dir)
@@ -431,13 +431,6 @@ def cmd_list(args) -> int:
     return 0
 
 
-def _one_line(exc: BaseException) -> str:
-    """DataLoader workers re-raise our errors wrapped in a traceback; keep the original message."""
-    text = str(exc).strip()
-    if "Original Traceback" in text:
-        last = text.splitlines()[-1]
-        text = last.split(": ", 1)[1] if ": " in last else last
-    return " ".join(text.split())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -447,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         args = _build_parser().parse_args(argv)
         return args.func(args)
     except PipelinesError as exc:
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

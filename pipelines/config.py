@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from pipelines.errors import ConfigError
+from pipelines.core.errors import ConfigError
 
 __all__ = [
     "load_yaml",

@@ -10,7 +10,6 @@ A folder without a readable card is not a model of the store: the app lists only
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -19,9 +18,10 @@ from pathlib import Path
 from torch import nn
 
 from pipelines.backbones import create_backbone, load_weights, save_weights
+from pipelines.core.errors import ConfigError
+from pipelines.core.io import atomic_write_bytes, file_sha256, write_json
 from pipelines.engine.classification import load_trained_classifier
-from pipelines.engine.run_folder import atomic_write_bytes, check_run_dir, read_config, write_json
-from pipelines.errors import ConfigError
+from pipelines.engine.run_folder import check_run_dir, read_config
 from pipelines.tasks import get_task
 
 __all__ = ["WEIGHTS", "CARD", "StoredModel", "export_to_store", "list_models", "load_model", "card_markdown"]
@@ -118,7 +118,7 @@ def export_to_store(run_dir: str | Path, name: str, store: str | Path = "models"
         "limitations": limitations,
         "notice": NOTICE,
         "source_run": str(run_dir.resolve()),
-        "weights_sha256": hashlib.sha256((folder / WEIGHTS).read_bytes()).hexdigest(),
+        "weights_sha256": file_sha256(folder / WEIGHTS),
     }
     atomic_write_bytes(folder / CARD_MD, card_markdown(card).encode())
     write_json(folder / CARD, card)

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from pipelines.errors import DataError, PipelinesError
+from pipelines.core.errors import DataError, PipelinesError
 
 __all__ = [
     "METRICS", "RunFileError", "RunIndex", "find_runs", "run_stamp", "runs_table", "filter_runs",
@@ -482,7 +482,7 @@ def _data_path(value: str | None, run_dir: Path) -> Path | None:
 
 
 def _images_from_files(run_dir: Path, paths: pd.Series, cfg: Mapping, max_side: int) -> Images:
-    from PIL import Image
+    from pipelines.core.images import open_image
 
     configured = _mapping(cfg.get("data")).get("root")
     root = _data_path(configured, run_dir)
@@ -491,10 +491,10 @@ def _images_from_files(run_dir: Path, paths: pd.Series, cfg: Mapping, max_side: 
     images, missing = [], 0
     for rel in paths:
         try:
-            with Image.open(root / str(rel)) as im:
+            with open_image(root / str(rel)) as im:
                 im.thumbnail((max_side, max_side))
                 images.append(np.asarray(im.convert("RGB")))
-        except OSError:
+        except DataError:
             images.append(None)
             missing += 1
     problem = f"{missing} of {len(paths)} images not found under {root} (data moved?)" if missing else None

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import torch
 
-from pipelines.datasets.images import decode_image
+from pipelines.core.images import decode_image
 from pipelines.engine.explain import gradcam
 from pipelines.model_store import StoredModel
 from pipelines.transforms.augment import build_transform

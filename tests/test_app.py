@@ -18,10 +18,11 @@ from PIL import Image
 from torch import nn
 
 from pipelines.cli import main
-from pipelines.datasets.images import ImageTableDataset, decode_image
+from pipelines.core.errors import DataError
+from pipelines.core.images import decode_image
+from pipelines.datasets.images import ImageTableDataset
 from pipelines.engine.explain import gradcam
 from pipelines.engine.trainer import make_loader, predict
-from pipelines.errors import DataError
 from pipelines.model_store import CARD, WEIGHTS, list_models, load_model
 from pipelines.serving import classify
 from pipelines.transforms.augment import build_transform

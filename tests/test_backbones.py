@@ -11,8 +11,8 @@ from pipelines.backbones import (
     save_weights,
 )
 from pipelines.config import set_key
+from pipelines.core.errors import ConfigError, WeightsError
 from pipelines.engine.classification import build_model
-from pipelines.errors import ConfigError, WeightsError
 from pipelines.tasks import get_task
 
 ISSUE_BACKBONES = (
@@ -130,7 +130,7 @@ def test_weights_that_do_not_fit_name_the_keys(tmp_path):
 
 def test_failed_hub_downloads_are_one_line_errors_with_the_offline_fix():
     from pipelines.backbones.weights import hub_download_errors
-    from pipelines.errors import ConfigError, DataError
+    from pipelines.core.errors import ConfigError, DataError
 
     offline = r"efficientnet_b0 \(OSError\); you may be offline: set model.pretrained_hub=false and model.weights=PATH"
     with pytest.raises(ConfigError, match=offline), hub_download_errors("efficientnet_b0", True, "model.weights"):

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from pipelines.core.errors import ConfigError, DataError
 from pipelines.datasets.massachusetts import find_layout, nodata_mask, read_mask, read_massachusetts, read_pair
 from pipelines.engine.losses import DiceBCELoss
 from pipelines.engine.metrics import (
@@ -19,7 +20,6 @@ from pipelines.engine.metrics import (
     segmentation_metrics,
     segmentation_scores,
 )
-from pipelines.errors import ConfigError, DataError
 from tests.conftest import SHARED
 
 ROADS = SHARED / "data" / "massachusetts_roads"

@@ -53,7 +53,7 @@ def test_bad_data_roots(capsys, tmp_path, tiny_tree, monkeypatch):
     victim = next(tiny_tree.rglob("*-002.png"))
     victim.write_bytes(b"\x89PNG\r\n\x1a\n broken")
     code, _, err = run_cli(capsys, "run", "breakhis", "--data-root", str(tiny_tree), *out)
-    assert_one_line_error(code, err, "corrupt or unreadable image")
+    assert_one_line_error(code, err, "-002.png is not an image file")
     victim.rename(victim.with_name("photo.png"))
     code, _, err = run_cli(capsys, "run", "breakhis", "--data-root", str(tiny_tree), *out)
     assert_one_line_error(code, err, "unexpected file name 'photo.png'")

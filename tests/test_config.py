@@ -1,7 +1,7 @@
 import pytest
 
 from pipelines.config import apply_overrides, check_choices, flatten, load_yaml, merge
-from pipelines.errors import ConfigError
+from pipelines.core.errors import ConfigError
 from pipelines.tasks import get_task
 
 DEFAULTS = {"seed": 0, "data": {"root": "data", "magnification": "all", "weights": None},

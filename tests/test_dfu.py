@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from pipelines.config import apply_overrides
+from pipelines.core.errors import ConfigError
 from pipelines.datasets.dfu import CLASSES
 from pipelines.engine.ensemble import select_pseudo_labels, soft_vote
-from pipelines.errors import ConfigError
 from pipelines.synthesis.conditioning import class_label_map, dihedral, edge_map
 from pipelines.tasks import dfu
 

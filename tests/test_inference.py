@@ -9,7 +9,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from pipelines.backbones import create_backbone, list_backbones
 from pipelines.backbones.inference import fuse_batchnorm, prepare_for_inference
 from pipelines.backbones.onnx_export import OnnxRunner, export_onnx
-from pipelines.errors import PipelinesError
+from pipelines.core.errors import PipelinesError
 from tests.test_backbones import FAMILY_SAMPLES, input_side
 
 pytest.importorskip("onnxruntime")

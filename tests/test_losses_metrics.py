@@ -3,9 +3,9 @@ import pytest
 import torch
 from sklearn.utils.class_weight import compute_class_weight
 
+from pipelines.core.errors import DataError
 from pipelines.engine.losses import FocalLoss, build_loss, class_weights
 from pipelines.engine.metrics import bootstrap_ci, breakdown, classification_metrics, grouped_metrics
-from pipelines.errors import DataError
 
 
 def test_class_weights_match_sklearn_balanced():

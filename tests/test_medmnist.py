@@ -10,10 +10,10 @@ import pytest
 
 from pipelines.cli import main
 from pipelines.config import apply_overrides
+from pipelines.core.errors import ConfigError, DataError
 from pipelines.datasets import medmnist as mm
 from pipelines.datasets.medmnist import read_medmnist
 from pipelines.engine.metrics import official_acc, official_auc
-from pipelines.errors import ConfigError, DataError
 from pipelines.tasks import get_task
 from tests.conftest import SHARED
 

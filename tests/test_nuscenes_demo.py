@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipelines.core.errors import ConfigError, DataError
+from pipelines.core.geometry import invert_pose, pose_matrix, project_points, quaternion_yaw, transform_points
 from pipelines.datasets.nuscenes_demo import CAMERA_RIG, make_demo_scene, render_view, write_demo_nuscenes
-from pipelines.detection3d.geometry import invert_pose, pose_matrix, project_points, quaternion_yaw, transform_points
-from pipelines.errors import ConfigError, DataError
 
 SCENES, FRAMES, SIZE, SEED = 2, 3, (64, 112), 5
 VERSION = "v1.0-demo"

@@ -12,7 +12,8 @@ import time
 import numpy as np
 import pytest
 
-from pipelines.detection3d.geometry import quaternion_yaw, yaw_to_quaternion
+from pipelines.core.errors import ConfigError, DataError
+from pipelines.core.geometry import quaternion_yaw, yaw_to_quaternion
 from pipelines.detection3d.metrics import (
     CLASS_RANGE,
     DETECTION_CLASSES,
@@ -23,7 +24,6 @@ from pipelines.detection3d.metrics import (
     filter_by_range,
     present_classes,
 )
-from pipelines.errors import ConfigError, DataError
 from tests.conftest import SHARED
 
 GOLDEN = SHARED / "fixtures" / "nuscenes_detection_golden.json"

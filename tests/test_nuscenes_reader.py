@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipelines.core.errors import DataError
+from pipelines.core.geometry import matrix_to_quaternion, project_points, transform_points, yaw_to_quaternion
 from pipelines.datasets.nuscenes import (
     CAMERAS,
     DETECTION_CLASSES,
@@ -19,8 +21,6 @@ from pipelines.datasets.nuscenes import (
     read_mmdet3d_info,
     read_nuscenes,
 )
-from pipelines.detection3d.geometry import matrix_to_quaternion, project_points, transform_points, yaw_to_quaternion
-from pipelines.errors import DataError
 from tests.conftest import SHARED
 
 INFO = SHARED / "data" / "nuscenes_sample" / "n015-2018-07-24-11-22-45+0800.DERIVED_from_pkl.json"

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.errors import ConfigError, DataError, WeightsError
+from pipelines.core.errors import ConfigError, DataError, WeightsError
 from pipelines.synthesis import (
     GlobalGenerator,
     LocalEnhancer,
@@ -312,7 +312,7 @@ def test_synth_command_one_line_errors(capsys, tmp_path):
     fails("0002.png has no mask named 0002.* in")
     (root / "masks" / "0002_mask.png").rename(root / "masks" / "0002.png")
     (root / "masks" / "0001.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    fails("cannot decode image")
+    fails("0001.png is not an image file")
     Image.fromarray(np.zeros((16, 16), np.uint8)).save(root / "masks" / "0001.png")
     fails("is 16x16 but image")
     fails("images folder", "--images", str(tmp_path / "missing"))

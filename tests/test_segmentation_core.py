@@ -8,8 +8,8 @@ import torch
 
 from pipelines.backbones import save_weights
 from pipelines.backbones.segmentation import SegmenterSpec, create_segmenter, load_segmenter, save_segmenter
+from pipelines.core.errors import ConfigError, WeightsError
 from pipelines.engine.sliding_window import gaussian_weights, sliding_window_predict, tile_starts
-from pipelines.errors import ConfigError, WeightsError
 
 
 @pytest.mark.parametrize(("length", "tile", "stride", "starts"), [

@@ -3,9 +3,9 @@ import logging
 import pandas as pd
 import pytest
 
+from pipelines.core.errors import DataError
 from pipelines.datasets.breakhis import read_breakhis
 from pipelines.datasets.splits import check_disjoint, group_split, image_split
-from pipelines.errors import DataError
 
 
 @pytest.fixture(scope="module")

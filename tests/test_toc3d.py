@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from pipelines.cli import main
+from pipelines.core.errors import ConfigError
 from pipelines.datasets.nuscenes import DETECTION_CLASSES
-from pipelines.errors import ConfigError
 from pipelines.tasks import toc3d
 
 # The suite's budget allows about a minute of training: 8 short scenes (6 train, 1 val, 1 test) and 3 epochs.

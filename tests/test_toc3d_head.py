@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.detection3d.geometry import pose_matrix, quaternion_yaw, yaw_to_quaternion
+from pipelines.core.geometry import pose_matrix, quaternion_yaw, yaw_to_quaternion
 from pipelines.detection3d.head import Memory, StreamHead
 from pipelines.detection3d.losses import detection_loss, hungarian_match
 from pipelines.detection3d.model import to_eval_boxes

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from pipelines.core.errors import ConfigError
 from pipelines.detection3d.toc3d_vit import (
     Block,
     ToC3DViT,
@@ -17,7 +18,6 @@ from pipelines.detection3d.toc3d_vit import (
     token_selection_loss,
     window_layout,
 )
-from pipelines.errors import ConfigError
 
 DIM = 32
 

@@ -285,7 +285,7 @@ class EfficientViM(nn.Module):
 
 def _build(name: str, num_classes: int, in_chans: int, pretrained: bool, **kwargs) -> EfficientViM:
     if pretrained:
-        from pipelines.errors import ConfigError
+        from pipelines.core.errors import ConfigError
 
         raise ConfigError(
             f"{name} has no hub weights here; download the official checkpoint and pass model.weights=PATH"

@@ -287,7 +287,7 @@ class MedViT(nn.Module):
 
 def _build(name: str, num_classes: int, in_chans: int, pretrained: bool, **kwargs) -> MedViT:
     if pretrained:
-        from pipelines.errors import ConfigError
+        from pipelines.core.errors import ConfigError
 
         raise ConfigError(f"{name} has no hub weights here; pass a local checkpoint as model.weights=PATH")
     return MedViT(MEDVIT_CONFIGS[name], num_classes=num_classes, in_chans=in_chans, **kwargs)

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipelines.engine.run_folder import atomic_path
-from pipelines.errors import ConfigError, PipelinesError
+from pipelines.core.errors import ConfigError, PipelinesError
+from pipelines.core.io import atomic_path
 
 __all__ = ["export_onnx", "OnnxRunner", "onnx_parity", "PARITY_TOLERANCE"]
 

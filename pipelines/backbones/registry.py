@@ -16,7 +16,7 @@ from pathlib import Path
 
 from torch import nn
 
-from pipelines.errors import ConfigError
+from pipelines.core.errors import ConfigError
 
 __all__ = [
     "BackboneEntry", "FeatureInfo", "register_backbone", "create_backbone", "list_backbones", "backbone_entries",

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipelines.backbones.weights import load_weights, save_weights
-from pipelines.errors import ConfigError, WeightsError
+from pipelines.core.errors import ConfigError, WeightsError
 
 __all__ = ["ENCODERS", "SegmenterSpec", "UnetPlusPlus", "create_segmenter", "save_segmenter", "load_segmenter"]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipelines.errors import ConfigError, PipelinesError, WeightsError
+from pipelines.core.errors import ConfigError, PipelinesError, WeightsError
 
 __all__ = ["read_state_dict", "load_weights", "save_weights", "hub_download_errors"]
 
@@ -92,7 +92,7 @@ def save_weights(model_or_state: nn.Module | dict, path: str | Path, metadata: d
     """Save as safetensors, atomically; ``metadata`` (strings) travels in the file's header."""
     from safetensors.torch import save
 
-    from pipelines.engine.run_folder import atomic_write_bytes
+    from pipelines.core.io import atomic_write_bytes
 
     state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.datasets.images import check_image_files
-from pipelines.errors import DataError
+from pipelines.core.errors import DataError
+from pipelines.core.images import check_image_files
 
 log = logging.getLogger(__name__)
 

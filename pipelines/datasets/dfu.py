@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines.datasets.images import check_image_files
+from pipelines.core.errors import ConfigError, DataError
+from pipelines.core.images import check_image_files
+from pipelines.core.io import atomic_write_text
 from pipelines.datasets.near_duplicates import MAX_DISTANCE, near_duplicate_groups, perceptual_hashes
 from pipelines.datasets.splits import check_disjoint, group_split
-from pipelines.engine.run_folder import atomic_write_text
-from pipelines.errors import ConfigError, DataError
 
 __all__ = [
     "CLASSES",

@@ -22,8 +22,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pipelines.core.errors import DataError
 from pipelines.datasets.dfu import CLASSES, HEADER
-from pipelines.errors import DataError
 
 __all__ = ["write_demo_dfuc", "class_counts", "TWIN_FRACTION"]
 

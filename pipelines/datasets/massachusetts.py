@@ -20,10 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
-from pipelines.datasets.images import read_image
-from pipelines.errors import DataError
+from pipelines.core.errors import DataError
+from pipelines.core.images import image_size, open_image, read_image
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +78,6 @@ def _files(folder: Path, role: str) -> dict[str, Path]:
     return found
 
 
-def _size(path: Path) -> tuple[int, int]:
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except Exception as exc:
-        raise DataError(f"cannot read {path} ({type(exc).__name__}: {exc}); re-download or remove it") from None
-
-
 def read_massachusetts(root: str | Path, fmt: str = "auto", verify: bool = True) -> pd.DataFrame:
     """Every tile of every split, with its mask, checked.
 
@@ -111,7 +102,7 @@ def read_massachusetts(root: str | Path, fmt: str = "auto", verify: bool = True)
             if stem not in images:
                 raise DataError(f"mask {path} has no image {image_dir / stem}.* ; add the image or remove the mask")
         for stem, path in images.items():
-            size, mask_size = _size(path), _size(masks[stem])
+            size, mask_size = image_size(path), image_size(masks[stem])
             if size != mask_size:
                 raise DataError(f"image {path} is {size[0]}x{size[1]} but its mask {masks[stem]} is "
                                 f"{mask_size[0]}x{mask_size[1]}; give each pair one size")
@@ -129,14 +120,8 @@ def read_massachusetts(root: str | Path, fmt: str = "auto", verify: bool = True)
 def read_mask(path: str | Path) -> np.ndarray:
     """A mask file as ``(H, W)`` uint8 0/1; building = 255 in any channel. Other values are a DataError."""
     path = Path(path)
-    try:
-        with Image.open(path) as image:
-            mode = image.mode
-            if mode == "1" or mode == "P":
-                image = image.convert("L")
-            values = np.asarray(image)
-    except Exception as exc:
-        raise DataError(f"cannot decode mask {path} ({type(exc).__name__}: {exc}); re-download or remove it") from None
+    with open_image(path, f"mask {path}") as image:
+        values = np.asarray(image.convert("L") if image.mode in ("1", "P") else image)
     if values.ndim == 3:
         values = values[..., :3]  # an alpha channel says nothing about buildings
     bad = (values != 0) & (values != 255)

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.engine.run_folder import atomic_path
-from pipelines.errors import ConfigError, DataError
+from pipelines.core.errors import ConfigError, DataError
+from pipelines.core.io import atomic_path
 
 __all__ = ["CATALOG", "FLAGS", "SIZES", "MedMNISTData", "file_name", "read_medmnist", "download_medmnist", "md5sum"]
 

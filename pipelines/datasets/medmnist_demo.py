@@ -14,8 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pipelines.core.io import atomic_path
 from pipelines.datasets.medmnist import file_name
-from pipelines.engine.run_folder import atomic_path
 
 __all__ = ["write_demo_medmnist"]
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipelines.errors import DataError
+from pipelines.core.images import open_image
 
 __all__ = [
     "HASH_BITS",
@@ -122,12 +122,9 @@ def hash_images(images: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def _load_grey(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as image:
-            image.draft("RGB", (2 * _WORK, 2 * _WORK))  # JPEG: decode at a reduced scale, much faster
-            return _grey32(image)
-    except Exception as exc:
-        raise DataError(f"cannot decode image {path} ({type(exc).__name__}: {exc}); re-download or remove it") from None
+    with open_image(path) as image:
+        image.draft("RGB", (2 * _WORK, 2 * _WORK))  # JPEG: decode at a reduced scale, much faster
+        return _grey32(image)
 
 
 def perceptual_hashes(paths: Sequence[str | Path], threads: int = 4) -> np.ndarray:

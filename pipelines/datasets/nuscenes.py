@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from pipelines.detection3d.geometry import (
+from pipelines.core.errors import DataError
+from pipelines.core.geometry import (
     invert_pose,
     pose_matrix,
     quaternion_to_matrix,
@@ -30,7 +30,7 @@ from pipelines.detection3d.geometry import (
     transform_points,
     yaw_to_quaternion,
 )
-from pipelines.errors import DataError
+from pipelines.core.images import image_size
 
 __all__ = [
     "CAMERAS", "DETECTION_CLASSES", "MAX_TIME_DIFF", "detection_name", "Camera", "Boxes", "Frame", "NuScenesData",
@@ -351,8 +351,7 @@ def _info_image(folder: Path, cam: str, img_path: str) -> Path:
 def _info_camera(folder: Path, cam: str, image: dict, lidar2global: np.ndarray, where: str) -> Camera:
     _need(image, ("img_path", "cam2img", "cam2ego", "lidar2cam", "timestamp"), f"{where} images.{cam}")
     path = _info_image(folder, cam, image["img_path"])
-    with Image.open(path) as im:
-        width, height = im.size
+    width, height = image_size(path)
     cam2ego = np.asarray(image["cam2ego"], dtype=np.float64)
     # lidar2cam goes through the camera's own ego pose: recover that pose from it.
     ego2global = lidar2global @ invert_pose(np.asarray(image["lidar2cam"], dtype=np.float64)) @ invert_pose(cam2ego)

@@ -28,7 +28,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pipelines.detection3d.geometry import (
+from pipelines.core.errors import ConfigError, DataError
+from pipelines.core.geometry import (
     box_corners,
     invert_pose,
     matrix_to_quaternion,
@@ -36,7 +37,6 @@ from pipelines.detection3d.geometry import (
     wrap_angle,
     yaw_to_quaternion,
 )
-from pipelines.errors import ConfigError, DataError
 
 __all__ = ["CAMERA_RIG", "DemoObject", "DemoScene", "make_demo_scene", "render_view", "write_demo_nuscenes"]
 

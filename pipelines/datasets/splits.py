@@ -11,7 +11,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from pipelines.errors import DataError
+from pipelines.core.errors import DataError
 
 __all__ = ["group_split", "image_split", "check_disjoint"]
 

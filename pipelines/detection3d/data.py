@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipelines.datasets.images import read_image
-from pipelines.detection3d.geometry import box_corners, invert_pose, project_points, transform_points
+from pipelines.core.geometry import box_corners, invert_pose, project_points, transform_points
+from pipelines.core.images import read_image
 
 __all__ = ["FrameBatch", "FrameLoader", "box_code", "token_mask", "make_clips", "relative_pose"]
 

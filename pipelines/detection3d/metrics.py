@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.errors import ConfigError, DataError
+from pipelines.core.errors import ConfigError, DataError
 
 __all__ = [
     "DETECTION_CLASSES", "TP_METRICS", "CLASS_RANGE", "DetectionConfig", "detection_metrics", "present_classes",

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipelines.detection3d.geometry import matrix_to_quaternion, rotate_vectors, transform_points
+from pipelines.core.geometry import matrix_to_quaternion, rotate_vectors, transform_points
 from pipelines.detection3d.head import Memory, StreamHead
 from pipelines.detection3d.toc3d_vit import ToC3DViT
 

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipelines.errors import ConfigError
+from pipelines.core.errors import ConfigError
 
 __all__ = [
     "ToC3DViT",

@@ -20,14 +20,15 @@ from torch import nn
 
 from pipelines.backbones import check_backbone, create_backbone, head_prefixes, load_weights
 from pipelines.backbones.weights import hub_download_errors
+from pipelines.core.device import Context
+from pipelines.core.errors import ConfigError, DataError
+from pipelines.core.io import write_csv, write_json
 from pipelines.datasets.images import ImageTableDataset
-from pipelines.engine.distributed import Context
 from pipelines.engine.losses import build_loss, class_weights
 from pipelines.engine.metrics import breakdown, classification_metrics, grouped_metrics
 from pipelines.engine.plots import plot_confusion_matrix
-from pipelines.engine.run_folder import check_run_dir, read_config, write_csv, write_json
+from pipelines.engine.run_folder import check_run_dir, read_config
 from pipelines.engine.trainer import Trainer, make_loader, predict, seed_everything
-from pipelines.errors import ConfigError, DataError
 from pipelines.transforms.augment import IMAGENET_MEAN, IMAGENET_STD, build_transform
 
 __all__ = [

@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipelines.core.device import Context
 from pipelines.engine.classification import LabelledImages, load_best_model, train_classifier
-from pipelines.engine.distributed import Context
 from pipelines.engine.trainer import make_loader, predict
 
 __all__ = ["member_config", "train_members", "predict_members", "soft_vote", "select_pseudo_labels"]

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipelines.errors import DataError
+from pipelines.core.errors import DataError
 
 __all__ = ["LOSSES", "class_weights", "FocalLoss", "build_loss", "DiceBCELoss"]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines.engine.run_folder import atomic_write_bytes
+from pipelines.core.io import atomic_write_bytes
 
 __all__ = ["plot_confusion_matrix", "plot_history", "segmentation_overlay", "save_png"]
 

@@ -115,7 +115,7 @@ def relative_errors(ours: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame
 
 def write_robustness(run_dir: Path, table: pd.DataFrame, relative: pd.DataFrame | None,
                      reference_dir: Path | None) -> None:
-    from pipelines.engine.run_folder import write_csv, write_json
+    from pipelines.core.io import write_csv, write_json
 
     write_csv(run_dir / "robustness.csv", table)
     summary = {

@@ -17,35 +17,19 @@ Every file is written atomically (temporary file + rename), so a killed run neve
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import platform
-import secrets
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from pipelines.config import dump_yaml, load_yaml
-from pipelines.errors import ConfigError
+from pipelines.core.errors import ConfigError
+from pipelines.core.io import atomic_write_text, write_json
 
-__all__ = [
-    "create_run_dir",
-    "atomic_path",
-    "atomic_write_text",
-    "atomic_write_bytes",
-    "write_json",
-    "write_csv",
-    "write_config",
-    "read_config",
-    "write_environment",
-    "check_run_dir",
-]
+__all__ = ["create_run_dir", "write_config", "read_config", "write_environment", "check_run_dir"]
 
 _PACKAGES = (
     "pipelines", "torch", "torchvision", "timm", "segmentation-models-pytorch", "albumentations",
@@ -67,43 +51,6 @@ def create_run_dir(output: str | Path, task: str, name: str) -> Path:
         (run_dir / "plots").mkdir()
         return run_dir
     raise ConfigError(f"too many runs in {parent}; pass a different --output")
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """A fresh temporary path beside ``path`` for the block to create; renamed onto ``path`` only if the
-    block succeeds.
-
-    Readers never see a half-written file, and a failure leaves the old file (or none) in place. The
-    writer creates the file itself, so it gets the usual permissions (umask), not mkstemp's 0600.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_path(path) as tmp, open(tmp, "xb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=True) + "\n")
-
-
-def write_csv(path: str | Path, frame: pd.DataFrame) -> None:
-    atomic_write_text(path, frame.to_csv(index=False))
 
 
 def write_config(run_dir: Path, cfg: Mapping) -> None:

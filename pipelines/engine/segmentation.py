@@ -24,14 +24,14 @@ from tqdm import tqdm
 
 from pipelines.backbones.segmentation import SegmenterSpec, create_segmenter, load_segmenter, save_segmenter
 from pipelines.backbones.weights import hub_download_errors
-from pipelines.engine.distributed import Context
+from pipelines.core.device import Context
+from pipelines.core.errors import DataError
+from pipelines.core.io import write_csv, write_json
 from pipelines.engine.losses import DiceBCELoss
 from pipelines.engine.metrics import SEGMENTATION_COUNTS, bootstrap_ci, segmentation_counts, segmentation_scores
 from pipelines.engine.plots import save_png, segmentation_overlay
-from pipelines.engine.run_folder import write_csv, write_json
 from pipelines.engine.sliding_window import sliding_window_predict
 from pipelines.engine.trainer import Trainer, autocast, seed_everything
-from pipelines.errors import DataError
 from pipelines.transforms.augment import IMAGENET_MEAN, IMAGENET_STD, build_segmentation_transform
 
 __all__ = [

@@ -24,11 +24,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from pipelines.backbones import save_weights
-from pipelines.engine.distributed import Context
+from pipelines.core.device import Context
+from pipelines.core.errors import DataError
+from pipelines.core.io import atomic_write_bytes, write_csv
 from pipelines.engine.metrics import classification_metrics
 from pipelines.engine.plots import plot_history
-from pipelines.engine.run_folder import atomic_write_bytes, write_csv
-from pipelines.errors import DataError
 
 __all__ = ["Trainer", "EpochSampler", "predict", "make_loader", "seed_everything", "autocast", "warmup_cosine",
            "MONITORS"]

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipelines.errors import WeightsError
+from pipelines.core.errors import WeightsError
 
 __all__ = [
     "ResnetBlock",

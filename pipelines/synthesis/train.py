@@ -39,7 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipelines.errors import ConfigError, DataError, WeightsError
+from pipelines.core.device import resolve_device
+from pipelines.core.errors import ConfigError, DataError, WeightsError
 from pipelines.synthesis.pix2pixhd import (
     GlobalGenerator,
     LocalEnhancer,
@@ -239,7 +240,7 @@ def _sample_grid(generator: nn.Module, labels: torch.Tensor, photos: torch.Tenso
 def _save_checkpoint(out_dir: Path, spec: Pix2PixHDSpec, nets: dict, optims: dict, step: int,
                      history: list[dict], seed: int) -> None:
     from pipelines.backbones.weights import save_weights
-    from pipelines.engine.run_folder import atomic_write_bytes, write_csv
+    from pipelines.core.io import atomic_write_bytes, write_csv
 
     save_weights(nets["generator"], out_dir / "generator.safetensors",
                  metadata={SPEC_KEY: spec.to_json(), "pipelines.step": str(step)})
@@ -276,12 +277,6 @@ def _load_checkpoint(out_dir: Path, spec: Pix2PixHDSpec, nets: dict, optims: dic
 
 
 # ------------------------------------------------------------------------------------------------- training
-def _resolve(device: str | torch.device) -> torch.device:
-    from pipelines.engine.distributed import resolve_device
-
-    return device if isinstance(device, torch.device) else resolve_device(str(device))
-
-
 def train_pix2pixhd(
     label_maps: Sequence[np.ndarray],
     images: Sequence[np.ndarray],
@@ -338,7 +333,7 @@ def train_pix2pixhd(
     n = len(labels)
     total = steps if steps is not None else epochs * math.ceil(n / batch_size)
     checkpoint_every = checkpoint_every or sample_every
-    device = _resolve(device)
+    device = resolve_device(device)
 
     torch.manual_seed(seed)
     generator, discriminator = spec.build_generator(), spec.build_discriminator()
@@ -480,7 +475,7 @@ def generate(generator: nn.Module, label_maps: torch.Tensor | np.ndarray, device
     if x.shape[2] % m or x.shape[3] % m:
         raise ConfigError(f"label maps of {x.shape[3]}x{x.shape[2]} px; this generator needs sides that are "
                           f"multiples of {m} (resize or pad them)")
-    device = _resolve(device)
+    device = resolve_device(device)
     generator.to(device).eval()
     if not len(x):
         return np.empty((0, x.shape[2], x.shape[3], generator.output_nc), np.uint8)
@@ -540,7 +535,7 @@ def read_mask_pairs(images_dir: str | Path, masks_dir: str | Path, size: int | N
     """
     import cv2
 
-    from pipelines.datasets.images import read_image
+    from pipelines.core.images import read_image
 
     images_dir, masks_dir = Path(images_dir), Path(masks_dir)
     photos, masks = _image_files(images_dir, "images"), _image_files(masks_dir, "masks")

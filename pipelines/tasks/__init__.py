@@ -13,7 +13,7 @@ import difflib
 import importlib
 from types import ModuleType
 
-from pipelines.errors import ConfigError
+from pipelines.core.errors import ConfigError
 
 __all__ = ["TASKS", "get_task"]
 

@@ -13,6 +13,9 @@ from pathlib import Path
 import pandas as pd
 
 from pipelines.config import check_choices, load_yaml
+from pipelines.core.device import Context
+from pipelines.core.errors import DataError
+from pipelines.core.io import write_csv
 from pipelines.datasets.breakhis import BENIGN, MAGNIFICATIONS, MALIGNANT, read_breakhis, read_folds
 from pipelines.datasets.breakhis_demo import write_demo_breakhis
 from pipelines.datasets.splits import check_disjoint, group_split, image_split
@@ -23,12 +26,9 @@ from pipelines.engine.classification import (
     selected_epoch,
     train_classifier,
 )
-from pipelines.engine.distributed import Context
 from pipelines.engine.losses import LOSSES
 from pipelines.engine.robustness import RobustnessData
-from pipelines.engine.run_folder import write_csv
 from pipelines.engine.trainer import MONITORS
-from pipelines.errors import DataError
 from pipelines.transforms.augment import AUGMENTATIONS
 
 log = logging.getLogger(__name__)

@@ -17,13 +17,13 @@ import pandas as pd
 
 from pipelines.backbones.segmentation import check_encoder
 from pipelines.config import check_choices, load_yaml
+from pipelines.core.device import Context
+from pipelines.core.errors import ConfigError
+from pipelines.core.io import write_csv
 from pipelines.datasets.massachusetts import FORMATS, read_massachusetts, read_pair
 from pipelines.datasets.massachusetts_demo import write_demo_massachusetts
 from pipelines.engine.classification import selected_epoch
-from pipelines.engine.distributed import Context
-from pipelines.engine.run_folder import write_csv
 from pipelines.engine.segmentation import SEGMENTATION_MONITORS, TileTable, evaluate_segmenter, train_segmenter
-from pipelines.errors import ConfigError
 from pipelines.transforms.augment import SEGMENTATION_AUGMENTATIONS
 
 log = logging.getLogger(__name__)

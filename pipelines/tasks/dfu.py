@@ -26,18 +26,18 @@ import numpy as np
 import pandas as pd
 
 from pipelines.config import check_choices, load_yaml
+from pipelines.core.device import Context
+from pipelines.core.errors import ConfigError, DataError
+from pipelines.core.images import read_image
+from pipelines.core.io import write_csv, write_json
 from pipelines.datasets.dfu import CLASSES, dfu_split, read_dfuc, write_submission
 from pipelines.datasets.dfu_demo import write_demo_dfuc
-from pipelines.datasets.images import read_image
 from pipelines.engine.classification import LabelledImages, check_model_config, check_split_files, selected_epoch
-from pipelines.engine.distributed import Context
 from pipelines.engine.ensemble import predict_members, select_pseudo_labels, soft_vote, train_members
 from pipelines.engine.losses import LOSSES
 from pipelines.engine.metrics import classification_metrics
 from pipelines.engine.plots import plot_confusion_matrix, save_png
-from pipelines.engine.run_folder import write_csv, write_json
 from pipelines.engine.trainer import MONITORS
-from pipelines.errors import ConfigError, DataError
 from pipelines.transforms.augment import AUGMENTATIONS
 
 log = logging.getLogger(__name__)

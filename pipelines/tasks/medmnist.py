@@ -16,11 +16,13 @@ import pandas as pd
 import torch
 
 from pipelines.config import check_choices, load_yaml
+from pipelines.core.device import Context
+from pipelines.core.errors import ConfigError
+from pipelines.core.io import write_csv, write_json
 from pipelines.datasets.images import ArrayImageDataset
 from pipelines.datasets.medmnist import CATALOG, FLAGS, SIZES, MedMNISTData, check_flag, read_medmnist
 from pipelines.datasets.medmnist_demo import write_demo_medmnist
 from pipelines.engine.classification import build_model, check_model_config, load_best_model, selected_epoch
-from pipelines.engine.distributed import Context
 from pipelines.engine.losses import LOSSES, build_loss, class_weights
 from pipelines.engine.metrics import (
     bootstrap_ci,
@@ -31,9 +33,7 @@ from pipelines.engine.metrics import (
 )
 from pipelines.engine.plots import plot_confusion_matrix
 from pipelines.engine.robustness import RobustnessData
-from pipelines.engine.run_folder import write_csv, write_json
 from pipelines.engine.trainer import Trainer, make_loader, predict, seed_everything
-from pipelines.errors import ConfigError
 from pipelines.transforms.augment import AUGMENTATIONS, build_transform
 
 log = logging.getLogger(__name__)

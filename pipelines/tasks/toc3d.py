@@ -19,14 +19,14 @@ import pandas as pd
 
 from pipelines.backbones.weights import load_weights
 from pipelines.config import check_choices, load_yaml
+from pipelines.core.device import Context
+from pipelines.core.errors import ConfigError, DataError
+from pipelines.core.io import write_csv, write_json
 from pipelines.datasets.nuscenes import DETECTION_CLASSES, read_nuscenes
 from pipelines.detection3d.data import FrameLoader
 from pipelines.detection3d.engine import Setting, ablation_settings, fit, latency, predict_scenes, score
 from pipelines.detection3d.model import build_detector
-from pipelines.engine.distributed import Context
-from pipelines.engine.run_folder import write_csv, write_json
 from pipelines.engine.trainer import seed_everything
-from pipelines.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

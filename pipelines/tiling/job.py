@@ -37,9 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.engine.distributed import DEVICES
-from pipelines.engine.distributed import resolve_device as check_device
-from pipelines.errors import ConfigError, PipelinesError, WeightsError
+from pipelines.core.device import DEVICES, resolve_device
+from pipelines.core.errors import ConfigError, PipelinesError, WeightsError, one_line
+from pipelines.core.io import file_sha256
 from pipelines.tiling.manifest import Manifest, Sidecar, describe_change, now
 from pipelines.tiling.plan import Grid, default_block_tiles
 from pipelines.tiling.raster_io import (
@@ -52,7 +52,7 @@ from pipelines.tiling.raster_io import (
     inspect_raster,
     write_cog,
 )
-from pipelines.tiling.worker import BlockResult, BlockTask, compute_block, file_sha256, load_model, resolve_device
+from pipelines.tiling.worker import BlockResult, BlockTask, compute_block, load_model
 
 __all__ = ["TileOptions", "JobSummary", "run_job", "RASTER_SUFFIXES"]
 
@@ -161,13 +161,10 @@ def _output_fingerprint(path: Path) -> dict | None:
         return None
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text if isinstance(exc, PipelinesError) else f"{type(exc).__name__}: {text}"
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    from pipelines.engine.run_folder import atomic_path
+    from pipelines.core.io import atomic_path
 
     with atomic_path(path) as tmp, open(tmp, "xb") as f:
         np.save(f, array)
@@ -204,7 +201,7 @@ class _Dask:
             try:
                 self.client = Client(scheduler, timeout="30s")
             except (OSError, TimeoutError) as exc:
-                raise ConfigError(f"cannot reach the Dask scheduler {scheduler} ({_one_line(exc)}); "
+                raise ConfigError(f"cannot reach the Dask scheduler {scheduler} ({one_line(exc)}); "
                                   "check the address, or drop --scheduler for a local cluster") from None
         else:
             env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
@@ -250,7 +247,7 @@ class _Dask:
 
 
 def _default_workers(device: str) -> int:
-    if resolve_device(device) == "cuda":  # one process per GPU
+    if resolve_device(device).type == "cuda":  # one process per GPU
         return 1
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -268,7 +265,7 @@ class _Driver:
         if opts.device not in DEVICES:
             raise ConfigError(f"bad --device {opts.device!r}; choose one of {', '.join(DEVICES)}")
         if not opts.scheduler:  # a remote cluster's workers may have GPUs this machine lacks
-            check_device(opts.device)
+            resolve_device(opts.device)
         self.weights = _weights_file(opts.model)
         self.sha = file_sha256(self.weights)
         _, self.spec = load_model(str(self.weights), self.sha, "cpu", opts.loader)  # here only for its spec
@@ -401,7 +398,7 @@ class _Driver:
         if isinstance(result, BaseException):
             job.failed = True
             job.sidecar.save()  # the blocks done so far serve the next run
-            self._fail(task.scene, f"{task.scene}: block {task.block}: {_one_line(result)}")
+            self._fail(task.scene, f"{task.scene}: block {task.block}: {one_line(result)}")
             return False
         key = Sidecar.key(task.block)
         if result.numerator is not None:
@@ -422,7 +419,7 @@ class _Driver:
         except Exception as exc:
             log.debug("%s", traceback.format_exc())
             job.sidecar.save()  # its blocks serve the next run
-            self._fail(path, f"{path}: writing the output failed: {_one_line(exc)}")
+            self._fail(path, f"{path}: writing the output failed: {one_line(exc)}")
             return
         seconds = time.time() - job.started
         entry = self.manifest.get(path)
@@ -531,7 +528,7 @@ def _run(opts: TileOptions) -> JobSummary:
         try:
             scenes.append(inspect_raster(path, driver.spec.in_channels))
         except PipelinesError as exc:
-            driver._fail(str(path), _one_line(exc))
+            driver._fail(str(path), one_line(exc))
     if opts.mosaic and scenes:
         vrt = out / f"{opts.mosaic}.vrt"
         build_mosaic_vrt(scenes, vrt)

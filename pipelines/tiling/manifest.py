@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipelines.engine.run_folder import write_json
+from pipelines.core.io import write_json
 
 __all__ = ["Manifest", "Sidecar", "now", "describe_change"]
 

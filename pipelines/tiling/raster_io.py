@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.errors import DataError
+from pipelines.core.errors import DataError
 
 __all__ = [
     "Scene", "inspect_raster", "input_scale", "prepare", "OutputKind", "create_output", "write_cog",
@@ -254,6 +254,6 @@ def build_mosaic_vrt(scenes: list[Scene], path: Path) -> None:
                       f"{src_nodata}</ComplexSource>"]
         lines.append("  </VRTRasterBand>")
     lines.append("</VRTDataset>")
-    from pipelines.engine.run_folder import atomic_write_text
+    from pipelines.core.io import atomic_write_text
 
     atomic_write_text(path, "\n".join(lines) + "\n")

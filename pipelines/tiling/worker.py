@@ -9,15 +9,16 @@ path, SHA-256 and device), and a file that changed since the job started is refu
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
-from pipelines.errors import WeightsError
+from pipelines.core.device import resolve_device
+from pipelines.core.errors import WeightsError
+from pipelines.core.io import file_sha256
 
-__all__ = ["BlockTask", "BlockResult", "compute_block", "load_model", "file_sha256", "resolve_device"]
+__all__ = ["BlockTask", "BlockResult", "compute_block", "load_model"]
 
 
 @dataclass(frozen=True)
@@ -47,23 +48,6 @@ class BlockResult:
     windows: int  # windows run through the model
     skipped: int  # windows left out because all their pixels are nodata
     seconds: float
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> this machine's GPU if it has one (decided on the worker, which may differ from the driver)."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 @functools.lru_cache(maxsize=2)
@@ -119,7 +103,7 @@ def compute_block(task: BlockTask) -> BlockResult:
     from pipelines.tiling.raster_io import GDAL_CACHE_BYTES, prepare
 
     tic = time.perf_counter()
-    device = resolve_device(task.device)
+    device = str(resolve_device(task.device))
     model, spec = load_model(task.model, task.model_sha256, device, task.loader)
     grid = Grid(task.height, task.width, task.tile, task.overlap, task.block_tiles)
     rows, cols = grid.extent(*task.block)

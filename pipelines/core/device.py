@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from pipelines.errors import ConfigError
+from pipelines.core.errors import ConfigError
 
 __all__ = ["Context", "setup", "resolve_device", "broadcast_object"]
 
@@ -34,7 +34,11 @@ class Context:
         return self.world_size > 1
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str | torch.device) -> torch.device:
+    """``auto`` -> this machine's GPU if it has one, else the CPU (decided where it runs: a Dask worker may
+    differ from its driver); ``cuda`` without a visible GPU is a ConfigError."""
+    if isinstance(name, torch.device):
+        return name
     if name not in DEVICES:
         raise ConfigError(f"bad --device {name!r}; choose one of {', '.join(DEVICES)}")
     if name == "cuda" and not torch.cuda.is_available():

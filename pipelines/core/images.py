@@ -1,0 +1,136 @@
+"""Safe image reading: the one place that opens an image file or an uploaded image.
+
+Every reader in the package goes through :func:`open_image`, so every one gets the same guards: images
+over ``max_pixels`` are refused from their header, before any pixel is decoded (decompression bombs,
+whole-slide scans); truncated or corrupt files are a one-line :class:`DataError` naming the file; and
+modes a uint8 pipeline would silently clip (16-bit, 32-bit integer or float greyscale: PIL's RGB
+conversion turns a 16-bit PNG into an all-white image) are refused with the fix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from pipelines.core.errors import DataError
+
+__all__ = ["MAX_PIXELS", "open_image", "image_size", "read_image", "decode_image", "check_image_files"]
+
+MAX_PIXELS = 100_000_000  # larger images are refused as possible decompression bombs
+
+_GREY_MODES = {"1", "L", "LA", "La"}
+_COLOUR_MODES = {"RGB", "RGBA", "RGBa", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"}
+
+
+def _check_mode(image: Image.Image, name) -> None:
+    mode = image.mode
+    if mode not in _GREY_MODES | _COLOUR_MODES:
+        bands = len(image.getbands())
+        raise DataError(f"{name} has {bands} channel(s) of mode {mode} (16-bit, float or multi-band); "
+                        "save it as an 8-bit RGB or greyscale PNG/JPEG/TIFF")
+
+
+@contextlib.contextmanager
+def open_image(source: str | Path | io.BytesIO, name=None, max_pixels: int = MAX_PIXELS,
+               check_mode: bool = True) -> Iterator[Image.Image]:
+    """The image, opened lazily (header only) and checked; whatever fails inside the block while decoding
+    it becomes one DataError naming ``name`` (the path by default).
+
+    Example:
+        >>> with open_image("a.png") as image:
+        ...     rgb = np.asarray(image.convert("RGB"))
+    """
+    name = source if name is None else name
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(source)
+    except FileNotFoundError:
+        raise DataError(f"image {name} does not exist; check the path") from None
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise DataError(f"{name} is too large to decode safely (a possible decompression bomb); "
+                        f"crop or downscale it to under {max_pixels:,} pixels") from None
+    except UnidentifiedImageError:
+        raise DataError(f"{name} is not an image file this package reads (PNG, JPEG or TIFF); "
+                        "re-download, export it again or remove it") from None
+    except Exception as exc:
+        raise DataError(f"{name} is corrupt or truncated ({type(exc).__name__}: {exc}); "
+                        "re-download, export it again or remove it") from None
+    with image:
+        if image.width * image.height > max_pixels:
+            raise DataError(f"{name} is {image.width}x{image.height} pixels, more than {max_pixels:,}; "
+                            "crop, downscale or tile it")
+        if check_mode:
+            _check_mode(image, name)
+        try:
+            yield image
+        except DataError:
+            raise
+        except Exception as exc:
+            raise DataError(f"{name} is corrupt or truncated ({type(exc).__name__}: {exc}); "
+                            "re-download, export it again or remove it") from None
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(width, height)`` from the header alone."""
+    with open_image(path, check_mode=False) as image:
+        return image.size
+
+
+def read_image(path: str | Path, mode: str = "RGB") -> np.ndarray:
+    """Decode an image file to a uint8 array (H, W, C) (or (H, W) for ``mode="L"``)."""
+    with open_image(Path(path)) as image:
+        return np.asarray(image.convert(mode))
+
+
+def decode_image(data: bytes, name: str, colour: str = "rgb", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode an uploaded file held in memory to ``(H, W, 3)`` uint8 RGB, refusing what a model cannot read.
+
+    Args:
+        data: the file's bytes (never written to disk).
+        name: the file name, for messages.
+        colour: ``rgb`` for colour models (a greyscale file is refused), ``grey`` for greyscale models (a file
+            with real colour is refused; grey is repeated to three channels as in training), ``any``.
+        max_pixels: larger images are refused before decoding (decompression bombs, whole-slide scans).
+
+    Raises:
+        DataError: one line naming the file, what is wrong and what to do.
+    """
+    if not data:
+        raise DataError(f"{name} is empty; upload the image file itself")
+    with open_image(io.BytesIO(data), name, max_pixels) as image:
+        image.load()
+        mode = image.mode
+        if colour == "rgb" and mode in _GREY_MODES:
+            raise DataError(f"{name} is a greyscale image; this model reads colour (RGB) images")
+        rgb = np.asarray(image.convert("RGB"))
+        if colour == "grey" and mode not in _GREY_MODES:
+            if np.abs(rgb.astype(np.int16) - rgb[..., :1]).max() > 8:  # grey saved as RGB is fine
+                raise DataError(f"{name} is a colour image; this model reads greyscale scans")
+            rgb = np.repeat(np.asarray(image.convert("L"))[..., None], 3, axis=2)
+        return rgb
+
+
+def _check_one(path: Path) -> str | None:
+    try:
+        with open_image(path) as image:
+            image.verify()
+    except DataError as exc:
+        return str(exc)
+    return None
+
+
+def check_image_files(paths: Sequence[Path], threads: int = 4) -> None:
+    """Verify headers, modes and checksums of every file before training starts, so a corrupt image fails
+    the run in seconds rather than hours in."""
+    with ThreadPoolExecutor(threads) as pool:
+        for problem in pool.map(_check_one, paths):
+            if problem:
+                raise DataError(problem)
