@@ -22,7 +22,7 @@ from pipelines.backbones.weights import load_weights
 from pipelines.core.io import write_csv
 from pipelines.datasets.nuscenes import DETECTION_CLASSES
 from pipelines.detection3d.model import build_detector
-from pipelines.engine.run_folder import check_run_dir, read_config
+from pipelines.runs import check_run_dir, read_config
 from pipelines.tasks import toc3d
 
 

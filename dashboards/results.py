@@ -1,7 +1,7 @@
 """Results dashboards over run folders: runs browser, run detail, compare runs, speed vs accuracy.
 
 Start it with ``pipelines dashboard [RUNS_DIR ...]`` (it runs ``streamlit run dashboards/results.py --
-RUNS_DIR...``). The page only lays things out; reading and computing is :mod:`pipelines.results`.
+RUNS_DIR...``). The page only lays things out; reading and computing is :mod:`pipelines.runs`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pandas as pd
 import streamlit as st
 import yaml
 
-from pipelines import results as R
+from pipelines import runs as R
 
 VIEWS = ("Runs", "Run detail", "Compare runs", "Speed vs accuracy")
 DEMO_NOTE = "SYNTHETIC demo data: these numbers say nothing about real data"
@@ -39,7 +39,7 @@ def _cached(reader: str, run_dir: str, stamp: float):
 
 
 def read(reader: str, run_dir: Path):
-    """``pipelines.results.<reader>(run_dir)``, read again only when the run folder changed."""
+    """``pipelines.runs.<reader>(run_dir)``, read again only when the run folder changed."""
     return _cached(reader, str(run_dir), R.run_stamp(run_dir))
 
 
@@ -154,7 +154,7 @@ def run_detail(run_dir: Path, label: str) -> None:
         curves_section(run_dir, info.get("selected_epoch"))
     if metrics is not None:
         evaluation_section(metrics)
-    elif not (run_dir / "metrics.json").is_file():
+    elif not (run_dir / R.METRICS_FILE).is_file():
         st.info("No metrics.json yet: the run is still training or was stopped. "
                 f"`pipelines eval {run_dir}` evaluates its best checkpoint.")
     with warn_on_bad_files():
@@ -170,10 +170,12 @@ def run_detail(run_dir: Path, label: str) -> None:
 
 
 def curves_section(run_dir: Path, selected_epoch: int | None) -> None:
-    history = read("load_history", run_dir)
+    history, problem = read("read_history", run_dir)
     if history is None:
         return
     st.markdown("#### Training curves")
+    if problem:
+        st.warning(problem)
     curves = R.training_curves(history)
     left, right = st.columns(2)
     for column, panel, title in ((left, "loss", "loss"), (right, "validation", "validation score")):
@@ -335,7 +337,9 @@ def compare_view(index: R.RunIndex, shown: pd.DataFrame) -> None:
         with warn_on_bad_files():
             metrics[run] = read("load_metrics", index.path(run))
         with warn_on_bad_files():
-            histories[run] = read("load_history", index.path(run))
+            histories[run], problem = read("read_history", index.path(run))
+            if problem:
+                st.warning(f"{run}: {problem}")
     table = R.compare_metrics(metrics, split)
     if table.empty:
         st.info(f"None of these runs has {split} metrics yet.")

@@ -158,7 +158,7 @@ def resolve_config(task_module, args) -> dict:
 def cmd_run(args) -> int:
     from pipelines.config import apply_overrides
     from pipelines.core import device as distributed
-    from pipelines.engine.run_folder import create_run_dir, read_config, write_config, write_environment
+    from pipelines.runs import create_run_dir, read_config, write_config, write_environment
     from pipelines.tasks import get_task
 
     if args.resume:
@@ -250,7 +250,7 @@ def _summary(run_dir: Path) -> None:
 
 def cmd_eval(args) -> int:
     from pipelines.core import device as distributed
-    from pipelines.engine.run_folder import check_run_dir, read_config, write_config
+    from pipelines.runs import check_run_dir, read_config, write_config
     from pipelines.tasks import get_task
 
     run_dir = check_run_dir(args.run_dir)
@@ -275,7 +275,7 @@ def cmd_eval(args) -> int:
 def _robustness(task, cfg: dict, run_dir: Path, reference: str | None, device) -> None:
     from pipelines.engine.classification import load_trained_classifier
     from pipelines.engine.robustness import relative_errors, robustness_table, write_robustness
-    from pipelines.engine.run_folder import check_run_dir, read_config
+    from pipelines.runs import check_run_dir, read_config
 
     if not hasattr(task, "robustness_data"):
         raise ConfigError(f"{cfg['run']['task']} runs have no corruption evaluation")

@@ -21,7 +21,7 @@ from pipelines.backbones import create_backbone, load_weights, save_weights
 from pipelines.core.errors import ConfigError
 from pipelines.core.io import atomic_write_bytes, file_sha256, write_json
 from pipelines.engine.classification import load_trained_classifier
-from pipelines.engine.run_folder import check_run_dir, read_config
+from pipelines.runs import check_run_dir, read_config
 from pipelines.tasks import get_task
 
 __all__ = ["WEIGHTS", "CARD", "StoredModel", "export_to_store", "list_models", "load_model", "card_markdown"]

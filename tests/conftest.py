@@ -78,7 +78,7 @@ def trained_run(tmp_path_factory) -> Path:
     from pipelines.backbones import create_backbone, save_weights
     from pipelines.config import set_key
     from pipelines.core.io import write_json
-    from pipelines.engine.run_folder import create_run_dir, write_config
+    from pipelines.runs import create_run_dir, write_config
     from pipelines.tasks import get_task
 
     cfg = get_task("breakhis").defaults()

@@ -338,7 +338,7 @@ def _run(args):
 
 def _check_run_folder(run_dir, n_test: int) -> dict:
     from pipelines.backbones.segmentation import load_segmenter
-    from pipelines.results import runs_table
+    from pipelines.runs import runs_table
 
     names = {p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file()}
     assert {"config.yaml", "environment.json", "split.csv", "history.csv", "metrics.json", "tiles.csv",

@@ -88,6 +88,14 @@ def test_corrupt_metrics_is_a_warning_line(monkeypatch, runs_root):
     assert "#### Training curves" in markdown_texts(at)  # the rest of the page still shows
 
 
+def test_history_cut_mid_row_is_a_warning_and_the_curves_still_show(monkeypatch, runs_root):
+    path = runs_root / "breakhis" / "subtype" / "history.csv"
+    path.write_text(path.read_text()[:-8])
+    at = dashboard(monkeypatch, runs_root, view="Run detail", run="breakhis/subtype")
+    assert any(w.value.startswith("history.csv: the last row is cut off") for w in at.warning)
+    assert "#### Training curves" in markdown_texts(at)
+
+
 def test_compare_and_speed_views(monkeypatch, runs_root):
     at = dashboard(monkeypatch, runs_root, view="Compare runs")
     assert sorted(at.table[0].value.columns) == ["breakhis/demo", "breakhis/subtype"]  # finished runs by default

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipelines import results as R
+from pipelines import runs as R
 
 CLASSES = ["adenosis", "fibroadenoma", "ductal_carcinoma"]
 CONFUSION = [[8, 2, 0], [1, 3, 0], [0, 0, 5]]  # rows: true class
@@ -166,6 +166,38 @@ def test_corrupt_files_are_one_line_problems_not_crashes(tmp_path):
         R.load_history(bad_yaml)
 
 
+def test_history_cut_mid_row_keeps_the_complete_rows_and_warns(tmp_path):
+    run_dir = write_classification_run(tmp_path)
+    path = run_dir / "history.csv"
+    full = path.read_text()
+    path.write_text(full[: full.rindex("\n", 0, len(full) - 1) + 6])  # the last epoch's row cut after 5 chars
+    history, warning = R.read_history(run_dir)
+    assert history["epoch"].tolist() == [1, 2] and history["train_loss"].tolist() == [1.0, 0.6]
+    assert warning.startswith("history.csv: the last row is cut off") and "2 epochs" in warning
+    assert "\n" not in warning
+    path.write_text(full)
+    history, warning = R.read_history(run_dir)
+    assert history["epoch"].tolist() == [1, 2, 3] and warning is None
+    assert R.read_history(tmp_path / "nowhere") == (None, None)
+
+
+def test_readers_read_what_the_writers_write(tmp_path):
+    from pipelines.core.io import write_csv, write_json
+
+    run_dir = R.create_run_dir(tmp_path, "breakhis", "demo")
+    cfg = {"run": {"task": "breakhis", "demo": True}, "model": {"backbone": "tiny_vit_5m_224"}, "data": {}}
+    R.write_config(run_dir, cfg)
+    write_json(run_dir / R.METRICS_FILE, {"test": {"accuracy": 0.5}, "info": {"demo": True}})
+    write_csv(run_dir / R.HISTORY, pd.DataFrame({"epoch": [1], "train_loss": [0.5]}))
+    assert R.find_runs([tmp_path]) == [run_dir.resolve()]
+    assert R.load_config(run_dir) == R.read_config(run_dir) == cfg
+    row = R.runs_table([run_dir]).table.iloc[0]
+    assert row["finished"] and row["accuracy"] == 0.5 and row["backbone"] == "tiny_vit_5m_224"
+    assert R.read_history(run_dir)[1] is None
+    assert (run_dir / R.CHECKPOINTS).is_dir() and (run_dir / R.PLOTS).is_dir()
+    assert R.create_run_dir(tmp_path, "breakhis", "demo").name == "demo2"
+
+
 def test_filter_by_task_and_sort_by_metric(tmp_path):
     runs = [write_classification_run(tmp_path, name=f"r{i}", accuracy=a) for i, a in enumerate((0.7, 0.9, 0.8))]
     write_config(tmp_path / "medmnist" / "unfinished", task="medmnist")
@@ -286,6 +318,14 @@ def test_images_of_medmnist_predictions_come_from_the_test_split(tmp_path):
     (data_root / "breastmnist.npz").unlink()
     images, problem = R.load_images(run_dir, rows)
     assert images == [None, None] and problem.startswith("images not available:") and "\n" not in problem
+
+
+def test_index_rows_of_a_task_without_an_image_hook_say_so(tmp_path):
+    run_dir = tmp_path / "runs" / "breakhis" / "demo"
+    write_config(run_dir, task="breakhis")
+    images, problem = R.load_images(run_dir, pd.DataFrame({"index": [0, 1], "label": ["a", "b"]}))
+    assert images == [None, None] and problem == (
+        "images not available: task breakhis has no test_images(cfg, run_dir, indices)")
 
 
 # --- robustness, compare, speed, segmentation ---------------------------------------------------------------

@@ -27,8 +27,8 @@ from pipelines.datasets.images import ImageTableDataset
 from pipelines.engine.losses import build_loss, class_weights
 from pipelines.engine.metrics import breakdown, classification_metrics, grouped_metrics
 from pipelines.engine.plots import plot_confusion_matrix
-from pipelines.engine.run_folder import check_run_dir, read_config
 from pipelines.engine.trainer import Trainer, make_loader, predict, seed_everything
+from pipelines.runs import check_run_dir, read_config
 from pipelines.transforms.augment import IMAGENET_MEAN, IMAGENET_STD, build_transform
 
 __all__ = [

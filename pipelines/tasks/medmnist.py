@@ -7,6 +7,7 @@ the best checkpoint, at the end of the run. Grey images are repeated to three ch
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,7 +18,7 @@ import torch
 
 from pipelines.config import check_choices, load_yaml
 from pipelines.core.device import Context
-from pipelines.core.errors import ConfigError
+from pipelines.core.errors import ConfigError, DataError
 from pipelines.core.io import write_csv, write_json
 from pipelines.datasets.images import ArrayImageDataset
 from pipelines.datasets.medmnist import CATALOG, FLAGS, SIZES, MedMNISTData, check_flag, read_medmnist
@@ -210,3 +211,27 @@ def card_facts(cfg: Mapping, run_dir: Path) -> dict:
             "Probabilities are not calibrated to any clinical population's prevalence.",
         ],
     }
+
+
+def test_images(cfg: Mapping, run_dir: Path, indices: list[int]) -> list[np.ndarray]:
+    """Test images ``indices`` of a run's data set, for the dashboards' gallery (``index`` rows of
+    predictions.csv); paths resolved as the run wrote them, never downloaded."""
+    from pipelines.runs import resolve_data_path, run_stamp
+
+    data = dict(cfg.get("data") or {})
+    for key in ("root", "file"):
+        if data.get(key):
+            found = resolve_data_path(data[key], run_dir)
+            if found is None:
+                raise DataError(f"data.{key} {data[key]} does not exist here (data moved?)")
+            data[key] = str(found)
+    data["download"] = False
+    stamp = max([0.0, *(run_stamp(data[key]) for key in ("root", "file") if data.get(key))])
+    split = _test_split(json.dumps(data, sort_keys=True, default=str), stamp)
+    return [split[i] for i in indices]
+
+
+@functools.lru_cache(maxsize=2)
+def _test_split(data_json: str, stamp: float) -> np.ndarray:
+    """The test images of a data set, read again when the data config or its files change (``stamp``)."""
+    return load_data({"data": json.loads(data_json)}).images["test"]

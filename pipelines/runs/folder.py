@@ -1,16 +1,19 @@
 """The run folder: one per ``pipelines run``, the contract that dashboards, apps and later runs read.
 
-Layout::
+Layout (every name below is a constant of this module; writers and readers both use them)::
 
     RUN_DIR/
       config.yaml        fully resolved config (written first)
       environment.json   package versions, git revision, device
       split.csv          every sample: path (relative to data.root), split, label, group, meta columns
       history.csv        one row per epoch: losses, learning rate, validation metrics
-      metrics.json       {"val": {...}, "test": {...}}
-      predictions.csv    one row per test sample: path, label, pred, one prob_<class> column per class
+      metrics.json       {"val": {...}, "test": {...}, "info": {...}}
+      predictions.csv    one row per test sample: path (or index), label, pred, one prob_<class> per class
       checkpoints/       best.safetensors, last.safetensors, last_state.pt (optimizer etc., weights_only)
-      plots/             confusion_matrix.png, training_curves.png
+      plots/             confusion_matrix.png, training_curves.png, overlays/*.png (segmentation)
+      robustness.csv, robustness_relative.csv, robustness.json   ``pipelines eval --corruptions``
+      tiles.csv          segmentation runs: one row per evaluated tile
+      ablation.csv       toc3d runs: one row per token-compression setting
 
 Every file is written atomically (temporary file + rename), so a killed run never leaves a half file.
 """
@@ -29,7 +32,32 @@ from pipelines.config import dump_yaml, load_yaml
 from pipelines.core.errors import ConfigError
 from pipelines.core.io import atomic_write_text, write_json
 
-__all__ = ["create_run_dir", "write_config", "read_config", "write_environment", "check_run_dir"]
+__all__ = [
+    "CONFIG", "ENVIRONMENT", "SPLIT", "HISTORY", "METRICS_FILE", "PREDICTIONS", "CHECKPOINTS", "BEST_WEIGHTS",
+    "LAST_WEIGHTS", "LAST_STATE", "PLOTS", "OVERLAYS", "ROBUSTNESS", "ROBUSTNESS_RELATIVE", "ROBUSTNESS_SUMMARY",
+    "TILES", "ABLATION", "BENCHMARKS", "create_run_dir", "write_config", "read_config", "write_environment",
+    "check_run_dir",
+]
+
+CONFIG = "config.yaml"
+ENVIRONMENT = "environment.json"
+SPLIT = "split.csv"
+HISTORY = "history.csv"
+METRICS_FILE = "metrics.json"
+PREDICTIONS = "predictions.csv"
+CHECKPOINTS = "checkpoints"
+BEST_WEIGHTS = f"{CHECKPOINTS}/best.safetensors"
+LAST_WEIGHTS = f"{CHECKPOINTS}/last.safetensors"
+LAST_STATE = f"{CHECKPOINTS}/last_state.pt"
+PLOTS = "plots"
+OVERLAYS = f"{PLOTS}/overlays"
+ROBUSTNESS = "robustness.csv"
+ROBUSTNESS_RELATIVE = "robustness_relative.csv"
+ROBUSTNESS_SUMMARY = "robustness.json"
+TILES = "tiles.csv"
+ABLATION = "ablation.csv"
+BENCHMARKS = "benchmarks"
+"""Beside the runs (``ROOT/benchmarks/*.csv``), not inside one: backbone throughput tables."""
 
 _PACKAGES = (
     "pipelines", "torch", "torchvision", "timm", "segmentation-models-pytorch", "albumentations",
@@ -47,28 +75,28 @@ def create_run_dir(output: str | Path, task: str, name: str) -> Path:
             run_dir.mkdir()
         except FileExistsError:
             continue
-        (run_dir / "checkpoints").mkdir()
-        (run_dir / "plots").mkdir()
+        (run_dir / CHECKPOINTS).mkdir()
+        (run_dir / PLOTS).mkdir()
         return run_dir
     raise ConfigError(f"too many runs in {parent}; pass a different --output")
 
 
 def write_config(run_dir: Path, cfg: Mapping) -> None:
-    atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+    atomic_write_text(Path(run_dir) / CONFIG, dump_yaml(cfg))
 
 
 def check_run_dir(run_dir: str | Path) -> Path:
     """A run folder given on the command line must exist and hold a config.yaml."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
+    if not (run_dir / CONFIG).is_file():
         raise ConfigError(
-            f"{run_dir} is not a run folder (no config.yaml); pass a folder printed by 'pipelines run'"
+            f"{run_dir} is not a run folder (no {CONFIG}); pass a folder printed by 'pipelines run'"
         )
     return run_dir
 
 
 def read_config(run_dir: str | Path) -> dict:
-    return load_yaml(check_run_dir(run_dir) / "config.yaml")
+    return load_yaml(check_run_dir(run_dir) / CONFIG)
 
 
 def _git_revision() -> dict[str, Any]:
@@ -109,4 +137,4 @@ def write_environment(run_dir: Path, device: str, extra: Mapping[str, Any] | Non
         "torch_threads": torch.get_num_threads(),
         **(extra or {}),
     }
-    write_json(run_dir / "environment.json", env)
+    write_json(Path(run_dir) / ENVIRONMENT, env)
