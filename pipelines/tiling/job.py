@@ -38,8 +38,10 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.core.device import DEVICES, resolve_device
-from pipelines.core.errors import ConfigError, PipelinesError, WeightsError, one_line
+from pipelines.core.errors import ConfigError, PipelinesError, one_line
 from pipelines.core.io import file_sha256
+from pipelines.tiling.executors import _Dask, _default_workers, _InProcess
+from pipelines.tiling.files import RASTER_SUFFIXES, _expand_inputs, _output_fingerprint, _save_npy, _weights_file
 from pipelines.tiling.manifest import Manifest, Sidecar, describe_change, now
 from pipelines.tiling.plan import Grid, default_block_tiles
 from pipelines.tiling.raster_io import (
@@ -52,13 +54,12 @@ from pipelines.tiling.raster_io import (
     inspect_raster,
     write_cog,
 )
-from pipelines.tiling.worker import BlockResult, BlockTask, compute_block, load_model
+from pipelines.tiling.worker import BlockResult, BlockTask, load_model
 
 __all__ = ["TileOptions", "JobSummary", "run_job", "RASTER_SUFFIXES"]
 
 log = logging.getLogger("pipelines.tiling")
 
-RASTER_SUFFIXES = (".tif", ".tiff")
 FORMAT = 1  # bump when the output of the same settings changes
 
 
@@ -120,139 +121,6 @@ class _Job:
     failed: bool = False
     finished: bool = False
 
-
-def _weights_file(model: str) -> Path:
-    path = Path(model).expanduser()
-    if path.is_dir():
-        path = path / "checkpoints" / "best.safetensors"
-    if not path.is_file():
-        raise WeightsError(f"model {model} not found; pass a buildings run folder or its .safetensors file")
-    return path.resolve()
-
-
-def _expand_inputs(inputs: list[str], output: Path) -> tuple[list[Path], dict[str, str]]:
-    """Files as given, and the GeoTIFFs (``*.tif``, ``*.tiff``) directly inside given folders."""
-    files, missing = [], {}
-    for item in inputs:
-        path = Path(item).expanduser()
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES
-                           and not p.name.startswith(".") and p.resolve().parent != output.resolve())
-            if not found:
-                log.warning("warning: %s holds no .tif/.tiff files", path)
-            files += found
-        elif path.exists():
-            files.append(path)
-        else:
-            missing[str(path.absolute())] = f"{path}: not found"
-    unique = list(dict.fromkeys(p.resolve() for p in files))
-    return unique, missing
-
-
-def _output_fingerprint(path: Path) -> dict | None:
-    """The settings an output was made with (its PIPELINES_FINGERPRINT tag), or None."""
-    import rasterio
-    from rasterio.errors import RasterioError
-
-    try:
-        with rasterio.open(path) as ds:
-            return json.loads(ds.tags().get("PIPELINES_FINGERPRINT", "null"))
-    except (RasterioError, ValueError):
-        return None
-
-
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    from pipelines.core.io import atomic_path
-
-    with atomic_path(path) as tmp, open(tmp, "xb") as f:
-        np.save(f, array)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-class _InProcess:
-    """Runs tasks here, one after the other (``--workers 0``)."""
-
-    threads = 1
-
-    def run(self, tasks: Iterator[BlockTask]) -> Iterator[tuple[BlockTask, BlockResult | BaseException]]:
-        for task in tasks:
-            try:
-                yield task, compute_block(task)
-            except Exception as exc:  # reported per scene by the driver
-                log.debug("%s", traceback.format_exc())
-                yield task, exc
-
-    def close(self) -> None:
-        pass
-
-
-class _Dask:
-    """A Dask Client on a new LocalCluster or an existing scheduler; the same code serves both."""
-
-    def __init__(self, workers: int | None, scheduler: str | None):
-        from dask.distributed import Client, LocalCluster
-
-        self.cluster = None
-        logging.getLogger("distributed").setLevel(logging.WARNING)  # its start/stop chatter is not ours
-        if scheduler:
-            try:
-                self.client = Client(scheduler, timeout="30s")
-            except (OSError, TimeoutError) as exc:
-                raise ConfigError(f"cannot reach the Dask scheduler {scheduler} ({one_line(exc)}); "
-                                  "check the address, or drop --scheduler for a local cluster") from None
-        else:
-            env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-            self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                        dashboard_address=":0", silence_logs=logging.ERROR, env=env)
-            self.client = Client(self.cluster)
-        self.threads = max(1, sum(self.client.nthreads().values()))
-        log.info("dask: %d worker thread%s at %s", self.threads, "s" if self.threads != 1 else "",
-                 self.client.scheduler.address)
-
-    def run(self, tasks: Iterator[BlockTask]) -> Iterator[tuple[BlockTask, BlockResult | BaseException]]:
-        from dask.distributed import as_completed
-
-        limit = 2 * self.threads
-        pending = as_completed()
-        owner = {}
-
-        def submit() -> bool:
-            task = next(tasks, None)
-            if task is None:
-                return False
-            future = self.client.submit(compute_block, task, pure=False)
-            owner[future.key] = task
-            pending.add(future)
-            return True
-
-        for _ in range(limit):
-            if not submit():
-                break
-        for future in pending:
-            task = owner.pop(future.key)
-            if future.status == "error":
-                yield task, future.exception()
-            else:
-                yield task, future.result()
-            future.release()
-            submit()
-
-    def close(self) -> None:
-        self.client.close()
-        if self.cluster is not None:
-            self.cluster.close()
-
-
-def _default_workers(device: str) -> int:
-    if resolve_device(device).type == "cuda":  # one process per GPU
-        return 1
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
 
 
 class _Driver:

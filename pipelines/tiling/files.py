@@ -1,0 +1,68 @@
+"""Files of a tiling job: the model's weights file, the input rasters, the fingerprint of a finished
+output, and block numerators stored atomically (the driver's resume points)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.core.errors import WeightsError
+from pipelines.runs import BEST_WEIGHTS
+
+log = logging.getLogger("pipelines.tiling")
+RASTER_SUFFIXES = (".tif", ".tiff")
+
+
+def _weights_file(model: str) -> Path:
+    path = Path(model).expanduser()
+    if path.is_dir():
+        path = path / BEST_WEIGHTS
+    if not path.is_file():
+        raise WeightsError(f"model {model} not found; pass a buildings run folder or its .safetensors file")
+    return path.resolve()
+
+
+def _expand_inputs(inputs: list[str], output: Path) -> tuple[list[Path], dict[str, str]]:
+    """Files as given, and the GeoTIFFs (``*.tif``, ``*.tiff``) directly inside given folders."""
+    files, missing = [], {}
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES
+                           and not p.name.startswith(".") and p.resolve().parent != output.resolve())
+            if not found:
+                log.warning("warning: %s holds no .tif/.tiff files", path)
+            files += found
+        elif path.exists():
+            files.append(path)
+        else:
+            missing[str(path.absolute())] = f"{path}: not found"
+    unique = list(dict.fromkeys(p.resolve() for p in files))
+    return unique, missing
+
+
+def _output_fingerprint(path: Path) -> dict | None:
+    """The settings an output was made with (its PIPELINES_FINGERPRINT tag), or None."""
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    try:
+        with rasterio.open(path) as ds:
+            return json.loads(ds.tags().get("PIPELINES_FINGERPRINT", "null"))
+    except (RasterioError, ValueError):
+        return None
+
+
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    from pipelines.core.io import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "xb") as f:
+        np.save(f, array)
+        f.flush()
+        os.fsync(f.fileno())
