@@ -141,7 +141,18 @@ def test_servers_bind_to_localhost_unless_told(monkeypatch, store):
     from pipelines import launch
 
     seen = []
-    monkeypatch.setattr(launch.subprocess, "call", lambda cmd: seen.append(cmd) or 0)
+
+    class Server:  # stands in for the Streamlit process launch() starts and waits for
+        def __init__(self, cmd):
+            seen.append(cmd)
+
+        def wait(self, timeout=None):
+            return 0
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(launch.subprocess, "Popen", Server)
     assert main(["app", "--store", str(store)]) == 0
     assert main(["dashboard", str(store), "--host", "0.0.0.0", "--port", "8600"]) == 0
     app, dashboard = (dict(itertools.pairwise(cmd)) for cmd in seen)
