@@ -61,8 +61,7 @@ def predict_members(data: LabelledImages, cfg: Mapping, member_dirs: Sequence[Pa
     loader = make_loader(dataset, e["batch_size"], d["workers"], int(cfg["seed"]), device=ctx.device)
     out = {}
     for folder in member_dirs:
-        member = member_config(cfg, Path(folder).name)
-        model = load_best_model(member, folder, len(data.class_names)).to(ctx.device)
+        model = load_best_model(folder).to(ctx.device)
         channels_last = bool(cfg["train"]["channels_last"])
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
