@@ -6,6 +6,7 @@ Each old format becomes a spec here, then loads like a new file:
   ``data.image_size``) and ``metrics.json`` (class names), as ``load_trained_classifier`` read it;
 - a ToC3D run's checkpoint: the config's ``model`` section and the nuScenes detection classes;
 - a DFU ensemble member (``stages/<stage>/<backbone>``) and a DFU run folder (its final stage's members);
+- a model-store folder's weights without a spec: its ``card.json`` (backbone, classes, input, output);
 - the ``pipelines.segmenter`` header (``SegmenterSpec``) and the ``pipelines.pix2pixhd`` header
   (``Pix2PixHDSpec``).
 """
@@ -28,7 +29,7 @@ from pipelines.models.kinds import (
 )
 from pipelines.models.spec import ModelSpec
 
-__all__ = ["from_header", "is_ensemble_run", "ensemble_run"]
+__all__ = ["from_header", "from_card", "is_ensemble_run", "ensemble_run"]
 
 SEGMENTER_KEY = "pipelines.segmenter"
 PIX2PIXHD_KEY = "pipelines.pix2pixhd"
@@ -157,3 +158,17 @@ def ensemble_run(run_dir: Path) -> tuple[nn.Module, ModelSpec]:
     members = [load_model(f) for f in folders]
     spec = ensemble_spec([m.spec for m in members], cfg.get("run", {}).get("task", "dfu"))
     return SoftVote([m.model for m in members], spec.output), spec
+
+
+def from_card(file: Path, card: dict) -> tuple[nn.Module, ModelSpec]:
+    """A model-store file exported before weights carried a spec, rebuilt from its card."""
+    from pipelines.models.files import build_from_file
+
+    try:
+        spec = classifier_spec(card["backbone"], card["classes"], int(card["input"]["image_size"]),
+                               card.get("task", ""), colour=card["input"].get("colour", "rgb"),
+                               output=card.get("output", "softmax"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise WeightsError(f"{file} carries no model spec and its card is unreadable ({exc}); export it "
+                           "again") from None
+    return build_from_file(file, spec), spec
