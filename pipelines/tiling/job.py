@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.core.device import DEVICES, resolve_device
-from pipelines.core.errors import ConfigError, PipelinesError, WeightsError, one_line
+from pipelines.core.errors import ConfigError, PipelinesError, one_line
 from pipelines.core.io import file_sha256
 from pipelines.tiling.manifest import Manifest, Sidecar, describe_change, now
 from pipelines.tiling.plan import Grid, default_block_tiles
@@ -122,12 +122,10 @@ class _Job:
 
 
 def _weights_file(model: str) -> Path:
-    path = Path(model).expanduser()
-    if path.is_dir():
-        path = path / "checkpoints" / "best.safetensors"
-    if not path.is_file():
-        raise WeightsError(f"model {model} not found; pass a buildings run folder or its .safetensors file")
-    return path.resolve()
+    """Any segmenter file, or a run folder's best checkpoint (:func:`pipelines.models.resolve_weights`)."""
+    from pipelines.models import resolve_weights
+
+    return resolve_weights(model).resolve()
 
 
 def _expand_inputs(inputs: list[str], output: Path) -> tuple[list[Path], dict[str, str]]:
