@@ -166,6 +166,9 @@ def test_legacy_classification_run(tmp_path):
     (run_dir / "metrics.json").unlink()
     with pytest.raises(WeightsError, match=r"no metrics\.json"):
         load_model(run_dir)
+    from pipelines.engine.classification import load_best_model  # a resumed old run evaluates before metrics.json
+
+    _same(model, load_best_model(run_dir, classifier_spec("efficientnet_b0", CLASSES, 64)), torch.randn(1, 3, 64, 64))
 
 
 def test_legacy_segmenter_header(tmp_path):

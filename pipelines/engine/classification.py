@@ -28,7 +28,8 @@ from pipelines.engine.metrics import breakdown, classification_metrics, grouped_
 from pipelines.engine.plots import plot_confusion_matrix
 from pipelines.engine.run_folder import read_config
 from pipelines.engine.trainer import Trainer, make_loader, predict, seed_everything
-from pipelines.models import checkpoint_saver, classifier_spec, load_model
+from pipelines.models import ModelSpec, checkpoint_saver, classifier_spec, load_model, read_spec, resolve_weights
+from pipelines.models.files import build_from_file
 from pipelines.transforms.augment import build_transform
 
 __all__ = [
@@ -126,8 +127,11 @@ def classifier_spec_of(cfg: Mapping, class_names: list[str], colour: str = "rgb"
                            drop_rate=cfg["model"].get("drop_rate", 0.0))
 
 
-def load_best_model(run_dir: Path) -> nn.Module:
-    """The run's best checkpoint, rebuilt from its spec, in eval mode."""
+def load_best_model(run_dir: Path, spec_if_missing: ModelSpec | None = None) -> nn.Module:
+    """The run's best checkpoint, rebuilt from its spec, in eval mode. ``spec_if_missing``: what a checkpoint
+    written before checkpoints carried a spec holds (a resumed old run's, before it has metrics.json)."""
+    if spec_if_missing is not None and read_spec(run_dir) is None:
+        return build_from_file(resolve_weights(run_dir), spec_if_missing).eval()
     return load_model(run_dir).model
 
 
@@ -180,7 +184,7 @@ def evaluate_classifier(data: LabelledImages, cfg: Mapping, run_dir: Path, ctx: 
                         info: Mapping | None = None) -> dict:
     """Best checkpoint on val and test: metrics.json, predictions.csv and the confusion-matrix plots."""
     d, e = cfg["data"], cfg["eval"]
-    model = load_best_model(run_dir).to(ctx.device)
+    model = load_best_model(run_dir, classifier_spec_of(cfg, data.class_names)).to(ctx.device)
     channels_last = bool(cfg["train"]["channels_last"])
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

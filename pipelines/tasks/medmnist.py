@@ -123,6 +123,13 @@ def _safe(fn, task: str):
     return metric
 
 
+def _spec(cfg: Mapping, data: MedMNISTData):
+    """The spec of this run's checkpoints: grey data sets decode grey, multi-label ones read with sigmoid."""
+    grey = CATALOG["datasets"][cfg["data"]["dataset"]]["channels"] == 1
+    return classifier_spec_of(cfg, data.class_names, colour="grey" if grey else "rgb",
+                              output="sigmoid" if data.multilabel else "softmax")
+
+
 def train(cfg: Mapping, run_dir: Path, ctx: Context, data: MedMNISTData | None = None) -> None:
     data = data if data is not None else load_data(cfg)
     d, t = cfg["data"], cfg["train"]
@@ -141,9 +148,7 @@ def train(cfg: Mapping, run_dir: Path, ctx: Context, data: MedMNISTData | None =
         _dataset(data, "train", t["augment"], d["image_size"]), _dataset(data, "val", "none", d["image_size"]),
         data.class_names, cfg, run_dir, ctx, sample_weights=sample_weights,
         scorer=functools.partial(_scores, data), multilabel=data.multilabel,
-        save=checkpoint_saver(classifier_spec_of(
-            cfg, data.class_names, colour="grey" if CATALOG["datasets"][d["dataset"]]["channels"] == 1 else "rgb",
-            output="sigmoid" if data.multilabel else "softmax")),
+        save=checkpoint_saver(_spec(cfg, data)),
     )
     trainer.fit()
     if ctx.is_main:
@@ -154,7 +159,7 @@ def evaluate(cfg: Mapping, run_dir: Path, ctx: Context, data: MedMNISTData | Non
     """The best (validation-selected) checkpoint on val and test -> metrics.json, predictions.csv, plots."""
     data = data if data is not None else load_data(cfg)
     d, e = cfg["data"], cfg["eval"]
-    model = load_best_model(run_dir).to(ctx.device)
+    model = load_best_model(run_dir, _spec(cfg, data)).to(ctx.device)
     report: dict = {}
     for split in ("val", "test"):
         loader = make_loader(_dataset(data, split, "none", d["image_size"]), e["batch_size"], d["workers"],
