@@ -66,13 +66,14 @@ def main() -> None:
         st.markdown(card_markdown(card))
     if card.get("demo"):
         st.error("This model was trained on SYNTHETIC demo data: its predictions mean nothing for real images.")
-    st.caption(f"{card['task']} model {name}: {', '.join(card['classes'])}; input "
-               f"{card['input']['image_size']} px {'greyscale' if card['input']['colour'] == 'grey' else 'colour'}")
     try:
         stored = _model(store, name, card.get("weights_sha256", ""))
     except PipelinesError as exc:
         st.error(f"Model {name} cannot be loaded: {exc}")
         return
+    spec = stored.spec  # what the weights file says it is: the card is its summary for people
+    st.caption(f"{spec.task} {spec.kind} {name}: {', '.join(spec.classes)}; input {stored.image_size} px "
+               f"{'greyscale' if spec.input.colour == 'grey' else 'colour'}")
     uploads = st.file_uploader("Upload one or several images (PNG, JPEG or TIFF)", type=UPLOAD_TYPES,
                                accept_multiple_files=True)
     for upload in uploads or []:

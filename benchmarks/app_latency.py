@@ -25,6 +25,7 @@ from pipelines.core.images import decode_image
 from pipelines.core.io import write_csv
 from pipelines.engine.explain import gradcam
 from pipelines.model_store import StoredModel
+from pipelines.models import classifier_spec
 from pipelines.serving import MAX_UPLOAD_PIXELS, _display, _overlay, classify
 from pipelines.transforms.augment import build_transform
 
@@ -34,7 +35,7 @@ SHARED_PNG = Path(__file__).resolve().parents[2] / "shared" / "data" / "breakhis
 def _stored(backbone: str, size: int) -> StoredModel:
     model = create_backbone(backbone, num_classes=2, img_size=size).eval()
     card = {"classes": ["benign", "malignant"], "output": "softmax", "input": {"image_size": size, "colour": "rgb"}}
-    return StoredModel(backbone, model, card)
+    return StoredModel(backbone, model, card, classifier_spec(backbone, card["classes"], size))
 
 
 def _timed(fn) -> float:

@@ -273,8 +273,8 @@ def cmd_eval(args) -> int:
 
 
 def _robustness(task, cfg: dict, run_dir: Path, reference: str | None, device) -> None:
-    from pipelines.engine.classification import load_trained_classifier
     from pipelines.engine.robustness import relative_errors, robustness_table, write_robustness
+    from pipelines.models import load_model
     from pipelines.runs import check_run_dir, read_config
 
     if not hasattr(task, "robustness_data"):
@@ -283,12 +283,12 @@ def _robustness(task, cfg: dict, run_dir: Path, reference: str | None, device) -
     seed = int(cfg["seed"])
 
     def table(folder: Path):
-        trained = load_trained_classifier(folder)
-        if trained.class_names != data.class_names:
-            raise ConfigError(f"{folder} predicts {trained.class_names}, this run {data.class_names}; "
+        loaded = load_model(folder)
+        if list(loaded.spec.classes) != list(data.class_names):
+            raise ConfigError(f"{folder} predicts {list(loaded.spec.classes)}, this run {data.class_names}; "
                               "the reference must be trained on the same classes")
         log.info("corruption robustness of %s (%d test images)", folder, len(data.labels))
-        return robustness_table(trained.model, trained.image_size, data, seed, device=device)
+        return robustness_table(loaded.model, loaded.spec.input.size[0], data, seed, device=device)
 
     ours = table(run_dir)
     relative, ref_dir = None, None
@@ -313,28 +313,28 @@ def cmd_export(args) -> int:
     if args.name:
         return _export_to_store(args)
     from pipelines.backbones.inference import fuse_batchnorm
-    from pipelines.backbones.onnx_export import export_onnx
+    from pipelines.backbones.onnx_export import export_onnx, onnx_model_card
     from pipelines.core.io import write_json
-    from pipelines.engine.classification import load_trained_classifier
+    from pipelines.models import load_model
+    from pipelines.runs import check_run_dir
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    trained = load_trained_classifier(args.run_dir)
+    if Path(args.run_dir).is_dir():
+        check_run_dir(args.run_dir)
+    loaded = load_model(args.run_dir)
+    card = onnx_model_card(loaded.spec, "model.onnx", args.opset)  # refuses kinds without a one-image graph
     out = Path(args.output) if args.output else Path(args.run_dir) / "export"
-    model, report = fuse_batchnorm(trained.model)
-    shape = (trained.in_chans, trained.image_size, trained.image_size)
+    model, report = fuse_batchnorm(loaded.model)
+    shape = (loaded.spec.input.channels, *loaded.spec.input.size)
     diff, scale = export_onnx(model, out / "model.onnx", shape, opset=args.opset)
     write_json(out / "model.json", {
-        "format": "onnx", "file": "model.onnx", "opset": args.opset, "backbone": trained.backbone,
-        "input": {"name": "image", "shape": ["batch", *shape], "mean": list(trained.mean), "std": list(trained.std),
-                  "range": "RGB scaled to [0, 1], then (x - mean) / std"},
-        "output": {"name": "output", "meaning": "logits; softmax gives class probabilities"},
-        "class_names": trained.class_names,
+        **card,
         "batchnorm_fused": report.before - report.after, "batchnorm_left": report.after,
         "parity": {"max_abs_diff": diff, "output_scale": scale, "input": "standard normal, batch 3"},
         "source_run": str(Path(args.run_dir).resolve()),
     })
     log.info("%s: %d BatchNorm layers fused; onnxruntime vs PyTorch max abs difference %.2e (outputs up to %.1f)",
-             trained.backbone, report.before - report.after, diff, scale)
+             loaded.spec.arch, report.before - report.after, diff, scale)
     print((out / "model.onnx").resolve(), flush=True)
     return 0
 

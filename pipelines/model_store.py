@@ -1,7 +1,8 @@
 """The local model store the clinician app reads: one folder per model with its weights and its card.
 
-    models/NAME/model.safetensors   the best checkpoint of a finished run
-    models/NAME/card.json           what the model is, what it takes, how well it did, what it is for
+    models/NAME/model.safetensors   the best checkpoint of a finished run, its ModelSpec in the header
+    models/NAME/card.json           the spec's facts for people (kind, classes, input) plus how well it did and
+                                    what it is for
     models/NAME/card.md             the same card for people
 
 A folder without a readable card is not a model of the store: the app lists only carded models.
@@ -17,11 +18,11 @@ from pathlib import Path
 
 from torch import nn
 
-from pipelines.backbones import create_backbone, load_weights, save_weights
 from pipelines.core.errors import ConfigError
 from pipelines.core.io import atomic_write_bytes, file_sha256, write_json
-from pipelines.engine.classification import load_trained_classifier
-from pipelines.runs import check_run_dir, read_config
+from pipelines.models import ModelSpec, read_spec, save_model
+from pipelines.models import load_model as load_saved
+from pipelines.runs import check_run_dir
 from pipelines.tasks import get_task
 
 __all__ = ["WEIGHTS", "CARD", "StoredModel", "export_to_store", "list_models", "load_model", "card_markdown"]
@@ -34,23 +35,24 @@ _HEADLINE = ("n", "accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "acc",
 
 @dataclass
 class StoredModel:
-    """A model of the store, ready to predict, with its card."""
+    """A model of the store, ready to predict, with its spec (what it takes and gives) and its card."""
 
     name: str
     model: nn.Module
     card: dict
+    spec: ModelSpec
 
     @property
     def class_names(self) -> list[str]:
-        return self.card["classes"]
+        return list(self.spec.classes)
 
     @property
     def image_size(self) -> int:
-        return int(self.card["input"]["image_size"])
+        return int(self.spec.input.size[0])
 
     @property
     def multilabel(self) -> bool:
-        return self.card["output"] == "sigmoid"
+        return self.spec.output == "sigmoid"
 
 
 def check_name(name: str) -> str:
@@ -79,19 +81,29 @@ def _metrics(run_dir: Path) -> dict:
 def export_to_store(run_dir: str | Path, name: str, store: str | Path = "models") -> Path:
     """Write a finished classification run's best model and its card to ``store/name``; returns the folder.
 
-    Written weights first, card last (each atomically): a folder with a card always has its weights.
+    The card is the model's spec (kind, classes, input, output) plus the run's metrics and the task's words
+    on its data, use and limits. Written weights first, card last (each atomically): a folder with a card
+    always has its weights.
     """
+    from pipelines.runs import read_config
+
     run_dir, name = check_run_dir(run_dir), check_name(name)
+    if not (run_dir / "metrics.json").is_file():
+        raise ConfigError(f"{run_dir} has no metrics.json; let the run finish or run 'pipelines eval {run_dir}'")
+    loaded = load_saved(run_dir)
+    spec = loaded.spec
+    if spec.kind not in ("classifier", "ensemble"):
+        raise ConfigError(f"{run_dir} holds a {spec.kind}; the model store serves image classifiers "
+                          "(segmenters serve through 'pipelines tile --model RUN_DIR')")
     cfg = read_config(run_dir)
-    task_name = cfg.get("run", {}).get("task", "")
-    task = get_task(task_name)
+    task = get_task(spec.task or cfg.get("run", {}).get("task", ""))
     if not hasattr(task, "card_facts"):
-        raise ConfigError(f"{task_name} runs cannot go to the model store yet (no model card facts)")
-    trained = load_trained_classifier(run_dir)
+        raise ConfigError(f"{spec.task} runs cannot go to the model store yet (no model card facts)")
     facts = task.card_facts(cfg, run_dir)
     metrics = _metrics(run_dir)
     folder = Path(store) / name
-    save_weights(trained.model, folder / WEIGHTS)
+    save_model(loaded.model, spec, folder / WEIGHTS)
+    size = spec.input.size[0]
     demo = bool(cfg["run"].get("demo"))
     limitations = list(facts["limitations"])
     if demo:
@@ -100,15 +112,16 @@ def export_to_store(run_dir: str | Path, name: str, store: str | Path = "models"
         "name": name,
         "format": 1,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "task": task_name,
-        "backbone": trained.backbone,
-        "classes": trained.class_names,
-        "output": "sigmoid" if _is_multilabel(run_dir) else "softmax",
+        "task": spec.task,
+        "kind": spec.kind,
+        "backbone": _architecture(spec),
+        "classes": list(spec.classes),
+        "output": spec.output,
         "input": {
-            "image_size": trained.image_size, "colour": facts["colour"], "mean": list(trained.mean),
-            "std": list(trained.std),
-            "preprocessing": f"decode to RGB ({'grey repeated' if facts['colour'] == 'grey' else 'colour'})"
-                             f", resize to {trained.image_size}x{trained.image_size} (area), scale to [0, 1], "
+            "image_size": size, "colour": spec.input.colour, "mean": list(spec.input.mean),
+            "std": list(spec.input.std),
+            "preprocessing": f"decode to RGB ({'grey repeated' if spec.input.colour == 'grey' else 'colour'})"
+                             f", resize to {size}x{size} (area), scale to [0, 1], "
                              "subtract mean and divide by std per channel: the evaluation transform of training",
         },
         "metrics": metrics,
@@ -125,9 +138,9 @@ def export_to_store(run_dir: str | Path, name: str, store: str | Path = "models"
     return folder
 
 
-def _is_multilabel(run_dir: Path) -> bool:
-    info = json.loads((run_dir / "metrics.json").read_text()).get("info", {})
-    return str(info.get("task_type", "")).startswith("multi-label")
+def _architecture(spec: ModelSpec) -> str:
+    """The backbone, or an ensemble's members joined by ``+``."""
+    return " + ".join(m.arch for m in spec.members) if spec.kind == "ensemble" else spec.arch
 
 
 def list_models(store: str | Path = "models") -> tuple[list[dict], list[str]]:
@@ -162,16 +175,22 @@ def _check_card(card: dict) -> None:
 
 
 def load_model(name: str, store: str | Path = "models") -> StoredModel:
-    """Build the card's backbone and load its safetensors weights (no pickle is ever read)."""
+    """The model rebuilt from the spec in its weights file (no pickle is ever read), with its card.
+
+    A folder exported before weights carried a spec rebuilds from its card's backbone, classes and input.
+    """
+    from pipelines.models.legacy import from_card
+
     folder = Path(store) / check_name(name)
     card_path = folder / CARD
     if not card_path.is_file():
         raise ConfigError(f"{folder} has no {CARD}; export it with 'pipelines export RUN_DIR --name {name}'")
     card = json.loads(card_path.read_text())
-    model = create_backbone(card["backbone"], num_classes=len(card["classes"]), in_chans=3,
-                            img_size=int(card["input"]["image_size"]))
-    load_weights(model, folder / WEIGHTS)
-    return StoredModel(name, model.eval(), card)
+    if (folder / WEIGHTS).is_file() and read_spec(folder / WEIGHTS) is None:
+        model, spec = from_card(folder / WEIGHTS, card)
+        return StoredModel(name, model.eval(), card, spec)
+    loaded = load_saved(folder / WEIGHTS)
+    return StoredModel(name, loaded.model, card, loaded.spec)
 
 
 def _fmt(value: float, ci: list | None) -> str:

@@ -26,7 +26,7 @@ DISPLAY_SIDE = 1024  # the overlay is drawn at most this large
 
 @dataclass
 class Prediction:
-    """Class probabilities (in the card's class order), the image as decoded and a Grad-CAM overlay."""
+    """Class probabilities (in the spec's class order), the image as decoded and a Grad-CAM overlay."""
 
     name: str
     probs: dict[str, float]
@@ -61,7 +61,7 @@ def classify(stored: StoredModel, data: bytes, name: str, explain: bool = True) 
         DataError: the file is not an image the model can read (the message names the file and the fix).
     """
     start = time.perf_counter()
-    image = decode_image(data, name, colour=stored.card["input"]["colour"], max_pixels=MAX_UPLOAD_PIXELS)
+    image = decode_image(data, name, colour=stored.spec.input.colour, max_pixels=MAX_UPLOAD_PIXELS)
     x = build_transform("none", stored.image_size)(image=image)["image"][None]
     if explain:
         logits, cam = gradcam(stored.model, x)

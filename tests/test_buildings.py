@@ -337,7 +337,7 @@ def _run(args):
 
 
 def _check_run_folder(run_dir, n_test: int) -> dict:
-    from pipelines.backbones.segmentation import load_segmenter
+    from pipelines.models import load_model
     from pipelines.runs import runs_table
 
     names = {p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file()}
@@ -364,10 +364,13 @@ def _check_run_folder(run_dir, n_test: int) -> dict:
     history = pd.read_csv(run_dir / "history.csv")
     selected = history[history["epoch"] == info["selected_epoch"]].iloc[0]
     assert metrics["val"]["iou"] == pytest.approx(selected["val_iou"], abs=1e-6)  # one scoring path
-    model, spec = load_segmenter(run_dir)  # what `pipelines tile --model RUN_DIR` loads
-    assert not model.training and spec.tile == metrics["info"]["window"]["tile"]
+    loaded = load_model(run_dir)  # what `pipelines tile --model RUN_DIR` loads
+    model, spec = loaded.model, loaded.spec
+    assert not model.training and spec.input.tile == metrics["info"]["window"]["tile"]
+    assert spec.kind == "segmenter" and spec.classes == ("building",) and spec.task == "buildings"
     row = runs_table([run_dir]).table.iloc[0]  # what the results dashboard lists
-    assert row["task"] == "buildings" and row["backbone"] == spec.encoder and row["iou"] == metrics["test"]["iou"], row
+    assert row["task"] == "buildings" and row["backbone"] == spec.args["encoder"], row
+    assert row["iou"] == metrics["test"]["iou"], row
     return metrics
 
 

@@ -127,6 +127,11 @@ def test_demo_ensemble_learns_and_reports_baseline_against_extended(tmp_path):
         assert info["synthetic_images"][name] == round(3 * real_train[name])
     assert all((run / p).is_file() for p in synthetic["path"])
     assert (run / "synthesis" / "generator.safetensors").is_file() and (run / "synthesis" / "history.csv").is_file()
+    from pipelines import load_model
+
+    ensemble = load_model(run)  # the final ensemble, rebuilt from its file alone
+    assert ensemble.spec.kind == "ensemble" and [m.arch for m in ensemble.spec.members] == info["members"]
+    assert load_model(run / "synthesis" / "generator.safetensors").spec.kind == "generator"
 
     stages = pd.read_csv(run / "stages.csv")
     assert len(stages) == 3 * 3 * 2  # stages x (2 members + ensemble) x (val, test)

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from pipelines.backbones import save_weights
-from pipelines.backbones.segmentation import SegmenterSpec, create_segmenter, load_segmenter, save_segmenter
+from pipelines.backbones.segmentation import create_segmenter
 from pipelines.core.errors import ConfigError, WeightsError
 from pipelines.engine.sliding_window import gaussian_weights, sliding_window_predict, tile_starts
+from pipelines.models import load_model, save_model, segmenter_spec
 
 
 @pytest.mark.parametrize(("length", "tile", "stride", "starts"), [
@@ -68,13 +69,14 @@ def test_deep_supervision_heads_train_and_idle_at_inference():
 def test_saved_segmenter_carries_its_spec(tmp_path):
     torch.manual_seed(0)
     model = create_segmenter("efficientnet-b0", classes=2, in_channels=4, deep_supervision=True)
-    spec = SegmenterSpec(classes=2, in_channels=4, deep_supervision=True, mean=(0.5,) * 4, std=(0.25,) * 4, tile=256)
-    save_segmenter(model, tmp_path / "m.safetensors", spec)
+    spec = segmenter_spec("efficientnet-b0", ("a", "b"), 256, 0.5, in_channels=4, deep_supervision=True,
+                          mean=(0.5,) * 4, std=(0.25,) * 4)
+    save_model(model, spec, tmp_path / "m.safetensors")
     run = tmp_path / "run"
-    save_segmenter(model, run / "checkpoints" / "best.safetensors", spec)
+    save_model(model, spec, run / "checkpoints" / "best.safetensors")
     x = torch.randn(1, 4, 64, 64)
     for path in (tmp_path / "m.safetensors", run):
-        loaded, got = load_segmenter(path)
+        loaded, got = load_model(path).model, load_model(path).spec
         assert got == spec and not loaded.training
         torch.testing.assert_close(loaded(x), model.eval()(x))
 
@@ -92,9 +94,9 @@ def test_bad_models_are_one_line_errors(tmp_path):
     with pytest.raises(ConfigError, match="not an EfficientNet encoder"):
         create_segmenter("resnet34")
     save_weights(create_segmenter("efficientnet-b0"), tmp_path / "plain.safetensors")
-    with pytest.raises(WeightsError, match="carries no segmentation spec"):
-        load_segmenter(tmp_path / "plain.safetensors")
+    with pytest.raises(WeightsError, match="carries no model spec"):
+        load_model(tmp_path / "plain.safetensors")
     with pytest.raises(WeightsError, match=r"has no checkpoints/best\.safetensors"):
-        load_segmenter(tmp_path)
+        load_model(tmp_path)
     with pytest.raises(WeightsError, match="not found"):
-        load_segmenter(tmp_path / "missing.safetensors")
+        load_model(tmp_path / "missing.safetensors")

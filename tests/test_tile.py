@@ -48,11 +48,12 @@ def needs_data():
 def model_file(tmp_path_factory) -> Path:
     import torch
 
-    from pipelines.backbones.segmentation import SegmenterSpec, create_segmenter, save_segmenter
+    from pipelines.backbones.segmentation import create_segmenter
+    from pipelines.models import save_model, segmenter_spec
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model") / "b0.safetensors"
-    save_segmenter(create_segmenter("efficientnet-b0"), path, SegmenterSpec(tile=TILE))
+    save_model(create_segmenter("efficientnet-b0"), segmenter_spec("efficientnet-b0", ("building",), TILE, 0.5), path)
     return path
 
 
@@ -65,11 +66,12 @@ def reference(model_file: Path, path: Path) -> tuple[np.ndarray, np.ndarray]:
     """The whole raster in memory through ``sliding_window_predict``: (K, H, W) probabilities, valid mask."""
     import torch
 
-    from pipelines.backbones.segmentation import load_segmenter
     from pipelines.engine.sliding_window import sliding_window_predict
+    from pipelines.models import load_model
     from pipelines.tiling.raster_io import prepare
 
-    model, spec = load_segmenter(model_file)
+    loaded = load_model(model_file)
+    model, spec = loaded.model, loaded.spec.input
     with rasterio.open(path) as ds:
         bands = [i + 1 for i, ci in enumerate(ds.colorinterp) if ci.name != "alpha"]
         raw, valid = ds.read(bands), ds.dataset_mask() > 0

@@ -21,7 +21,7 @@ from torch import nn
 from pipelines.core.errors import ConfigError, PipelinesError
 from pipelines.core.io import atomic_path
 
-__all__ = ["export_onnx", "OnnxRunner", "onnx_parity", "PARITY_TOLERANCE"]
+__all__ = ["export_onnx", "OnnxRunner", "onnx_parity", "onnx_model_card", "PARITY_TOLERANCE"]
 
 PARITY_TOLERANCE = 1e-4
 
@@ -65,6 +65,33 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, int,
                 f"{scale:.2e} (tolerance {tolerance:.0e}); the file was not written"
             )
     return diff, scale
+
+
+_MEANING = {
+    "softmax": "logits; softmax gives class probabilities",
+    "sigmoid": "logits; sigmoid gives per-class probabilities (multi-label)",
+    "mask": "per-pixel logits (one channel per class; one channel: sigmoid gives the mask probability)",
+    "image": "an image in [-1, 1]",
+}
+
+
+def onnx_model_card(spec, file: str, opset: int) -> dict:
+    """What ``model.json`` says beside an exported graph, all from the model's
+    :class:`~pipelines.models.ModelSpec` (which it also holds in full)."""
+    if spec.output not in _MEANING:
+        raise ConfigError(f"a {spec.kind} ({spec.output} outputs) has no single-image ONNX export; export a "
+                          "classifier, ensemble, segmenter or generator")
+    i = spec.input
+    return {
+        "format": "onnx", "file": file, "opset": opset, "kind": spec.kind,
+        "backbone": " + ".join(m.arch for m in spec.members) if spec.kind == "ensemble" else spec.arch,
+        "input": {"name": "image", "shape": ["batch", i.channels, *i.size], "colour": i.colour, "mean": list(i.mean),
+                  "std": list(i.std), "range": "label maps in [0, 1]" if i.colour == "labels"
+                  else "RGB scaled to [0, 1], then (x - mean) / std"},
+        "output": {"name": "output", "meaning": _MEANING[spec.output]},
+        "class_names": list(spec.classes),
+        "spec": spec.to_dict(),
+    }
 
 
 @contextlib.contextmanager

@@ -1,30 +1,26 @@
 """U-Net++ on EfficientNet encoders (segmentation_models_pytorch), with optional deep supervision, and
-segmentation weights files that carry their own spec.
+a saved segmenter's spec made by :func:`pipelines.models.segmenter_spec`.
 
 smp builds the nested decoder but not UNet++'s deep supervision. Here forward hooks collect the nested
 nodes of the top decoder level (smp's ``x_1_{d}``, ``x_2_{d}``, ... with ``d = depth - 2``: the outputs of
 the shallower U-Nets inside UNet++) and a 1x1 head on each gives an auxiliary mask. The heads train with
-the main output and are idle at inference. A saved model is a safetensors file whose header holds a
-:class:`SegmenterSpec`, so ``pipelines tile`` needs only the file.
+the main output and are idle at inference. A saved model is a safetensors file whose header holds its
+:class:`~pipelines.models.ModelSpec` (:func:`pipelines.models.save_model`), so ``pipelines tile`` needs only
+the file.
 """
 
 from __future__ import annotations
-
-import json
-from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipelines.backbones.weights import load_weights, save_weights
-from pipelines.core.errors import ConfigError, WeightsError
+from pipelines.backbones.weights import load_weights
+from pipelines.core.errors import ConfigError
 
-__all__ = ["ENCODERS", "SegmenterSpec", "UnetPlusPlus", "create_segmenter", "save_segmenter", "load_segmenter"]
+__all__ = ["ENCODERS", "UnetPlusPlus", "create_segmenter", "check_encoder"]
 
 ENCODERS = tuple(f"efficientnet-b{i}" for i in range(8))
-SPEC_KEY = "pipelines.segmenter"
 
 
 def check_encoder(encoder: str) -> None:
@@ -97,58 +93,3 @@ def create_segmenter(encoder: str = "efficientnet-b0", classes: int = 1, in_chan
     if encoder_weights:
         load_weights(model.net.encoder, encoder_weights, allow_unexpected=True)
     return model
-
-
-@dataclass
-class SegmenterSpec:
-    """What it takes to rebuild and feed a saved segmenter: architecture, input bands and scaling
-    (``(x / 255 - mean) / std`` per band for 8-bit imagery), the training tile and the mask threshold."""
-
-    encoder: str = "efficientnet-b0"
-    classes: int = 1
-    in_channels: int = 3
-    deep_supervision: bool = False
-    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
-    std: tuple[float, ...] = (0.229, 0.224, 0.225)
-    tile: int = 512
-    threshold: float = 0.5
-
-    def build(self) -> UnetPlusPlus:
-        return create_segmenter(self.encoder, self.classes, self.in_channels, self.deep_supervision)
-
-
-def save_segmenter(model: UnetPlusPlus, path: str | Path, spec: SegmenterSpec) -> None:
-    """Weights as safetensors with ``spec`` in the header (atomic)."""
-    save_weights(model, path, metadata={SPEC_KEY: json.dumps(asdict(spec))})
-
-
-def _weights_file(path: Path) -> Path:
-    if path.is_dir():
-        best = path / "checkpoints" / "best.safetensors"
-        if not best.is_file():
-            raise WeightsError(f"{path} has no checkpoints/best.safetensors; pass a finished buildings run "
-                               "or a segmentation .safetensors file")
-        return best
-    if not path.is_file():
-        raise WeightsError(f"model {path} not found; pass a buildings run folder or its .safetensors file")
-    return path
-
-
-def load_segmenter(path: str | Path) -> tuple[UnetPlusPlus, SegmenterSpec]:
-    """A saved segmenter (a ``.safetensors`` file, or a run folder's best checkpoint) in eval mode."""
-    from safetensors import safe_open
-
-    file = _weights_file(Path(path).expanduser())
-    try:
-        with safe_open(str(file), "pt") as f:
-            meta = f.metadata() or {}
-    except Exception as exc:
-        raise WeightsError(f"{file} is not a safetensors file ({type(exc).__name__})") from None
-    if SPEC_KEY not in meta:
-        raise WeightsError(f"{file} carries no segmentation spec; save it with save_segmenter "
-                           "(a buildings run's checkpoints/best.safetensors has one)")
-    raw = json.loads(meta[SPEC_KEY])
-    spec = SegmenterSpec(**{**raw, "mean": tuple(raw["mean"]), "std": tuple(raw["std"])})
-    model = spec.build()
-    load_weights(model, file)
-    return model.eval(), spec

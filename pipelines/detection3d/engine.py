@@ -23,7 +23,6 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from pipelines.backbones import save_weights
 from pipelines.core.io import atomic_write_bytes, write_csv
 from pipelines.detection3d.data import FrameLoader, make_clips, relative_pose
 from pipelines.detection3d.losses import denoising_queries, detection_loss
@@ -31,6 +30,7 @@ from pipelines.detection3d.metrics import detection_metrics, filter_by_range, pr
 from pipelines.detection3d.model import ToC3DDetector, decode, to_eval_boxes
 from pipelines.detection3d.toc3d_vit import kept_share, token_selection_loss
 from pipelines.engine.trainer import warmup_cosine
+from pipelines.models import detector_spec, save_model
 
 __all__ = ["fit", "predict_scenes", "score", "latency", "Setting", "ablation_settings"]
 
@@ -143,7 +143,8 @@ def fit(model: ToC3DDetector, loader: FrameLoader, train_scenes: Sequence[Sequen
         state["history"] = [*state["history"], row]
         if improved:
             state.update(best=val["nds"], best_epoch=epoch)
-            save_weights(model, ckpt / "best.safetensors")
+            save_model(model, detector_spec(cfg["model"], classes, cfg.get("run", {}).get("task", "toc3d")),
+                       ckpt / "best.safetensors")
         state["epoch"] = epoch
         write_csv(Path(run_dir) / "history.csv", pd.DataFrame(state["history"]))
         buffer = io.BytesIO()

@@ -7,7 +7,6 @@ predictions and plots - is the same for BreakHis, DFU and the rest.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,12 +27,14 @@ from pipelines.engine.losses import build_loss, class_weights
 from pipelines.engine.metrics import breakdown, classification_metrics, grouped_metrics
 from pipelines.engine.plots import plot_confusion_matrix
 from pipelines.engine.trainer import Trainer, make_loader, predict, seed_everything
-from pipelines.runs import check_run_dir, read_config
-from pipelines.transforms.augment import IMAGENET_MEAN, IMAGENET_STD, build_transform
+from pipelines.models import ModelSpec, checkpoint_saver, classifier_spec, load_model, read_spec, resolve_weights
+from pipelines.models.files import build_from_file
+from pipelines.runs import read_config
+from pipelines.transforms.augment import build_transform
 
 __all__ = [
-    "LabelledImages", "TrainedClassifier", "check_model_config", "check_split_files", "build_model", "load_best_model",
-    "load_trained_classifier", "train_classifier", "evaluate_classifier", "selected_epoch", "SPLITS",
+    "LabelledImages", "check_model_config", "check_split_files", "build_model", "classifier_spec_of",
+    "load_best_model", "train_classifier", "evaluate_classifier", "selected_epoch", "SPLITS",
 ]
 
 log = logging.getLogger(__name__)
@@ -119,57 +120,33 @@ def build_model(cfg: Mapping, num_classes: int) -> nn.Module:
     return model
 
 
-def load_best_model(cfg: Mapping, run_dir: Path, num_classes: int) -> nn.Module:
-    """The run's backbone with its best checkpoint, in eval mode."""
-    model = create_backbone(cfg["model"]["backbone"], num_classes=num_classes, in_chans=3,
-                            img_size=cfg["data"]["image_size"])
-    best = Path(run_dir) / "checkpoints" / "best.safetensors"
-    if not best.is_file():
-        raise ConfigError(f"{run_dir} has no checkpoints/best.safetensors; resume the run to finish training")
-    load_weights(model, best)
-    return model.eval()
+def classifier_spec_of(cfg: Mapping, class_names: list[str], colour: str = "rgb", output: str = "softmax"):
+    """The spec every checkpoint of this run carries (what :func:`pipelines.models.load_model` rebuilds)."""
+    return classifier_spec(cfg["model"]["backbone"], class_names, int(cfg["data"]["image_size"]),
+                           cfg.get("run", {}).get("task", ""), colour=colour, output=output,
+                           drop_rate=cfg["model"].get("drop_rate", 0.0))
 
 
-@dataclass
-class TrainedClassifier:
-    """A finished run's model and what it takes to feed it: what exports, apps and benchmarks need."""
-
-    model: nn.Module
-    backbone: str
-    class_names: list[str]
-    image_size: int
-    in_chans: int = 3
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-
-
-def load_trained_classifier(run_dir: str | Path) -> TrainedClassifier:
-    """Rebuild a finished classification run's best model from its folder alone."""
-    run_dir = check_run_dir(run_dir)
-    cfg = read_config(run_dir)
-    metrics = run_dir / "metrics.json"
-    if not metrics.is_file():
-        raise ConfigError(f"{run_dir} has no metrics.json; let the run finish or run 'pipelines eval {run_dir}'")
-    class_names = json.loads(metrics.read_text()).get("val", {}).get("class_names")
-    if not class_names:
-        raise ConfigError(f"{run_dir} is not a classification run (no class names in metrics.json); "
-                          "segmentation runs serve through 'pipelines tile --model RUN_DIR'")
-    model = load_best_model(cfg, run_dir, len(class_names))
-    return TrainedClassifier(model, cfg["model"]["backbone"], class_names, int(cfg["data"]["image_size"]))
+def load_best_model(run_dir: Path, spec_if_missing: ModelSpec | None = None) -> nn.Module:
+    """The run's best checkpoint, rebuilt from its spec, in eval mode. ``spec_if_missing``: what a checkpoint
+    written before checkpoints carried a spec holds (a resumed old run's, before it has metrics.json)."""
+    if spec_if_missing is not None and read_spec(run_dir) is None:
+        return build_from_file(resolve_weights(run_dir), spec_if_missing).eval()
+    return load_model(run_dir).model
 
 
 def init_from_run(model: nn.Module, run_dir: str | Path, backbone: str) -> None:
     """Start from another run's best weights except its head (binary -> 8-class transfer)."""
     run_dir = Path(run_dir)
-    source = read_config(run_dir)
-    if source["model"]["backbone"] != backbone:
-        raise ConfigError(
-            f"model.init_from={run_dir} used backbone {source['model']['backbone']}, this run {backbone}; "
-            f"set model.backbone={source['model']['backbone']}"
-        )
     weights = run_dir / "checkpoints" / "best.safetensors"
     if not weights.is_file():
         raise ConfigError(f"model.init_from={run_dir} has no checkpoints/best.safetensors; let it finish first")
+    source = load_model(run_dir).spec
+    if source.kind != "classifier" or source.arch != backbone:
+        raise ConfigError(
+            f"model.init_from={run_dir} is a {source.kind} on {source.arch}, this run's backbone {backbone}; "
+            f"set model.backbone={source.arch}"
+        )
     skipped = load_weights(model, weights, head_prefixes=head_prefixes(model))
     log.info("initialised from %s (kept fresh: %s)", weights, ", ".join(skipped) or "nothing")
 
@@ -198,6 +175,7 @@ def train_classifier(data: LabelledImages, cfg: Mapping, run_dir: Path, ctx: Con
         data.dataset("val", "none", d["image_size"], d["cache_images"]),
         data.class_names, cfg, run_dir, ctx,
         sample_weights=_sample_weights(train_labels, weights) if t["sampler"] == "balanced" else None,
+        save=checkpoint_saver(classifier_spec_of(cfg, data.class_names)),
     )
     return trainer.fit()
 
@@ -206,7 +184,7 @@ def evaluate_classifier(data: LabelledImages, cfg: Mapping, run_dir: Path, ctx: 
                         info: Mapping | None = None) -> dict:
     """Best checkpoint on val and test: metrics.json, predictions.csv and the confusion-matrix plots."""
     d, e = cfg["data"], cfg["eval"]
-    model = load_best_model(cfg, run_dir, len(data.class_names)).to(ctx.device)
+    model = load_best_model(run_dir, classifier_spec_of(cfg, data.class_names)).to(ctx.device)
     channels_last = bool(cfg["train"]["channels_last"])
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

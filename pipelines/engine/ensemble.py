@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from pipelines.core.device import Context
-from pipelines.engine.classification import LabelledImages, load_best_model, train_classifier
+from pipelines.engine.classification import LabelledImages, classifier_spec_of, load_best_model, train_classifier
 from pipelines.engine.trainer import make_loader, predict
 
 __all__ = ["member_config", "train_members", "predict_members", "soft_vote", "select_pseudo_labels"]
@@ -62,7 +62,7 @@ def predict_members(data: LabelledImages, cfg: Mapping, member_dirs: Sequence[Pa
     out = {}
     for folder in member_dirs:
         member = member_config(cfg, Path(folder).name)
-        model = load_best_model(member, folder, len(data.class_names)).to(ctx.device)
+        model = load_best_model(folder, classifier_spec_of(member, data.class_names)).to(ctx.device)
         channels_last = bool(cfg["train"]["channels_last"])
         if channels_last:
             model = model.to(memory_format=torch.channels_last)

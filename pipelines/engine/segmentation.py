@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from pipelines.backbones.segmentation import SegmenterSpec, create_segmenter, load_segmenter, save_segmenter
+from pipelines.backbones.segmentation import create_segmenter
 from pipelines.backbones.weights import hub_download_errors
 from pipelines.core.device import Context
 from pipelines.core.errors import DataError
@@ -32,6 +32,7 @@ from pipelines.engine.metrics import SEGMENTATION_COUNTS, bootstrap_ci, segmenta
 from pipelines.engine.plots import save_png, segmentation_overlay
 from pipelines.engine.sliding_window import sliding_window_predict
 from pipelines.engine.trainer import Trainer, autocast, seed_everything
+from pipelines.models import ModelSpec, checkpoint_saver, load_model, segmenter_spec
 from pipelines.transforms.augment import IMAGENET_MEAN, IMAGENET_STD, build_segmentation_transform
 
 __all__ = [
@@ -233,10 +234,11 @@ def chance_scores(scores: Mapping) -> dict:
 
 # ------------------------------------------------------------------------------------------- train, evaluate
 
-def _spec(cfg: Mapping) -> SegmenterSpec:
+def _spec(cfg: Mapping) -> ModelSpec:
     m, e = cfg["model"], cfg["eval"]
-    return SegmenterSpec(encoder=m["encoder"], classes=1, in_channels=3, deep_supervision=bool(m["deep_supervision"]),
-                         mean=IMAGENET_MEAN, std=IMAGENET_STD, tile=int(e["tile"]), threshold=float(e["threshold"]))
+    return segmenter_spec(m["encoder"], CLASS_NAMES[1:], int(e["tile"]), float(e["threshold"]),
+                          cfg.get("run", {}).get("task", ""), deep_supervision=bool(m["deep_supervision"]),
+                          mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
 
 def _build_model(cfg: Mapping) -> nn.Module:
@@ -276,12 +278,8 @@ def train_segmenter(data: TileTable, cfg: Mapping, run_dir: Path, ctx: Context) 
              " with deep supervision" if cfg["model"]["deep_supervision"] else "")
     spec = _spec(cfg)
     trainer = Trainer(_build_model(cfg), loss, train_set, None, CLASS_NAMES, cfg, run_dir, ctx,
-                      validator=validate, save=functools.partial(_save, spec=spec), target="mask")
+                      validator=validate, save=checkpoint_saver(spec), target="mask")
     return trainer.fit()
-
-
-def _save(model: nn.Module, path: Path, spec: SegmenterSpec) -> None:
-    save_segmenter(model, path, spec)
 
 
 def evaluate_segmenter(data: TileTable, cfg: Mapping, run_dir: Path, ctx: Context,
@@ -290,7 +288,7 @@ def evaluate_segmenter(data: TileTable, cfg: Mapping, run_dir: Path, ctx: Contex
     95% intervals of IoU and F1 over resampled tiles), ``tiles.csv`` (test) and ``plots/overlays/<tile>.png``
     (test, up to ``eval.overlays``)."""
     e = cfg["eval"]
-    model, _ = load_segmenter(run_dir)
+    model = load_model(run_dir).model
     settings = _settings(cfg, ctx)
     model = model.to(ctx.device)
     if settings["channels_last"]:

@@ -2,7 +2,7 @@
 
 What :func:`train_pix2pixhd` writes into its output folder::
 
-    generator.safetensors    the generator, its Pix2PixHDSpec in the header (load_generator reads it)
+    generator.safetensors    the generator, its ModelSpec in the header (pipelines.load_model reads it)
     history.csv              one row per step: step, loss_G_GAN, loss_G_feat, [loss_G_VGG,] loss_D_real,
                              loss_D_fake, l1 (mean |generated - real| on a 0-1 scale: a monitor, not a
                              loss), seconds (the step's time)
@@ -66,7 +66,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SPEC_KEY = "pipelines.pix2pixhd"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 LOSS_COLUMNS = ("loss_G_GAN", "loss_G_feat", "loss_G_VGG", "loss_D_real", "loss_D_fake")
 # label-map channel colours for sample grids (channel 0, usually background, stays black)
@@ -239,11 +238,11 @@ def _sample_grid(generator: nn.Module, labels: torch.Tensor, photos: torch.Tenso
 # ------------------------------------------------------------------------------------------------- state
 def _save_checkpoint(out_dir: Path, spec: Pix2PixHDSpec, nets: dict, optims: dict, step: int,
                      history: list[dict], seed: int) -> None:
-    from pipelines.backbones.weights import save_weights
     from pipelines.core.io import atomic_write_bytes, write_csv
+    from pipelines.models import generator_spec, save_model
 
-    save_weights(nets["generator"], out_dir / "generator.safetensors",
-                 metadata={SPEC_KEY: spec.to_json(), "pipelines.step": str(step)})
+    save_model(nets["generator"], generator_spec(spec), out_dir / "generator.safetensors",
+               metadata={"pipelines.step": str(step)})
     write_csv(out_dir / "history.csv", pd.DataFrame(history))
     buffer = io.BytesIO()
     torch.save({
@@ -427,10 +426,11 @@ def _train_step(generator: nn.Module, discriminator: nn.Module, optims: dict, vg
 
 # ------------------------------------------------------------------------------------------------- inference
 def load_generator(path: str | Path) -> tuple[GlobalGenerator | LocalEnhancer, Pix2PixHDSpec]:
-    """A trained generator (``generator.safetensors``, or the folder holding it) in eval mode, and its spec."""
-    from safetensors import safe_open
-
-    from pipelines.backbones.weights import load_weights
+    """A trained generator (``generator.safetensors``, or the folder holding it) in eval mode, and its spec:
+    :func:`pipelines.models.load_model` for pix2pixHD files."""
+    from pipelines.models import SPEC_KEY, load_model
+    from pipelines.models.files import read_header
+    from pipelines.models.legacy import PIX2PIXHD_KEY
 
     path = Path(path).expanduser()
     if path.is_dir():
@@ -439,24 +439,17 @@ def load_generator(path: str | Path) -> tuple[GlobalGenerator | LocalEnhancer, P
         raise ConfigError(f"pix2pixHD generator {path} not found; pass the generator.safetensors that "
                           "'pipelines synth' (or train_pix2pixhd) wrote")
     try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-    except Exception as exc:
-        raise ConfigError(f"{path} is not a safetensors file ({type(exc).__name__}); pass the "
-                          "generator.safetensors that 'pipelines synth' wrote") from None
-    if SPEC_KEY not in meta:
-        raise ConfigError(f"{path} is not a pix2pixHD generator (no pix2pixHD spec in its header); pass the "
-                          "generator.safetensors that 'pipelines synth' wrote")
-    try:
-        spec = Pix2PixHDSpec.from_json(meta[SPEC_KEY])
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{path} has an unreadable pix2pixHD spec ({exc}); train it again") from None
-    generator = spec.build_generator()
-    try:
-        load_weights(generator, path)
+        meta = read_header(path)
+        if SPEC_KEY not in meta and PIX2PIXHD_KEY not in meta:
+            raise WeightsError(f"{path} is not a pix2pixHD generator (no model spec in its header); pass the "
+                               "generator.safetensors that 'pipelines synth' wrote")
+        loaded = load_model(path)
     except WeightsError as exc:
         raise ConfigError(str(exc)) from None
-    return generator.eval(), spec
+    if loaded.spec.kind != "generator":
+        raise ConfigError(f"{path} is not a pix2pixHD generator (its spec says {loaded.spec.kind}); pass the "
+                          "generator.safetensors that 'pipelines synth' wrote")
+    return loaded.model, Pix2PixHDSpec(**loaded.spec.args)
 
 
 def generate(generator: nn.Module, label_maps: torch.Tensor | np.ndarray, device: str | torch.device = "auto",

@@ -38,6 +38,7 @@ from pipelines.engine.losses import LOSSES
 from pipelines.engine.metrics import classification_metrics
 from pipelines.engine.plots import plot_confusion_matrix, save_png
 from pipelines.engine.trainer import MONITORS
+from pipelines.models import save_ensemble
 from pipelines.transforms.augment import AUGMENTATIONS
 
 log = logging.getLogger(__name__)
@@ -364,6 +365,8 @@ def evaluate(cfg: Mapping, run_dir: Path, ctx: Context, data: DfuData | None = N
     if report["info"]["demo"]:
         report["info"]["note"] = "SYNTHETIC demo data: these numbers say nothing about real foot ulcers"
     write_csv(run_dir / "stages.csv", pd.DataFrame(table))
+    best = [run_dir / "stages" / final / b / "checkpoints" / "best.safetensors" for b in cfg["model"]["backbones"]]
+    save_ensemble(best, run_dir / "checkpoints" / "best.safetensors", task="dfu")  # what load_model(run_dir) gives
     write_json(run_dir / "metrics.json", report)
     _log_comparison(report)
     return report

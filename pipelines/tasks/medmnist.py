@@ -23,7 +23,13 @@ from pipelines.core.io import write_csv, write_json
 from pipelines.datasets.images import ArrayImageDataset
 from pipelines.datasets.medmnist import CATALOG, FLAGS, SIZES, MedMNISTData, check_flag, read_medmnist
 from pipelines.datasets.medmnist_demo import write_demo_medmnist
-from pipelines.engine.classification import build_model, check_model_config, load_best_model, selected_epoch
+from pipelines.engine.classification import (
+    build_model,
+    check_model_config,
+    classifier_spec_of,
+    load_best_model,
+    selected_epoch,
+)
 from pipelines.engine.losses import LOSSES, build_loss, class_weights
 from pipelines.engine.metrics import (
     bootstrap_ci,
@@ -35,6 +41,7 @@ from pipelines.engine.metrics import (
 from pipelines.engine.plots import plot_confusion_matrix
 from pipelines.engine.robustness import RobustnessData
 from pipelines.engine.trainer import Trainer, make_loader, predict, seed_everything
+from pipelines.models import checkpoint_saver
 from pipelines.transforms.augment import AUGMENTATIONS, build_transform
 
 log = logging.getLogger(__name__)
@@ -117,6 +124,13 @@ def _safe(fn, task: str):
     return metric
 
 
+def _spec(cfg: Mapping, data: MedMNISTData):
+    """The spec of this run's checkpoints: grey data sets decode grey, multi-label ones read with sigmoid."""
+    grey = CATALOG["datasets"][cfg["data"]["dataset"]]["channels"] == 1
+    return classifier_spec_of(cfg, data.class_names, colour="grey" if grey else "rgb",
+                              output="sigmoid" if data.multilabel else "softmax")
+
+
 def train(cfg: Mapping, run_dir: Path, ctx: Context, data: MedMNISTData | None = None) -> None:
     data = data if data is not None else load_data(cfg)
     d, t = cfg["data"], cfg["train"]
@@ -135,6 +149,7 @@ def train(cfg: Mapping, run_dir: Path, ctx: Context, data: MedMNISTData | None =
         _dataset(data, "train", t["augment"], d["image_size"]), _dataset(data, "val", "none", d["image_size"]),
         data.class_names, cfg, run_dir, ctx, sample_weights=sample_weights,
         scorer=functools.partial(_scores, data), multilabel=data.multilabel,
+        save=checkpoint_saver(_spec(cfg, data)),
     )
     trainer.fit()
     if ctx.is_main:
@@ -145,7 +160,7 @@ def evaluate(cfg: Mapping, run_dir: Path, ctx: Context, data: MedMNISTData | Non
     """The best (validation-selected) checkpoint on val and test -> metrics.json, predictions.csv, plots."""
     data = data if data is not None else load_data(cfg)
     d, e = cfg["data"], cfg["eval"]
-    model = load_best_model(cfg, run_dir, len(data.class_names)).to(ctx.device)
+    model = load_best_model(run_dir, _spec(cfg, data)).to(ctx.device)
     report: dict = {}
     for split in ("val", "test"):
         loader = make_loader(_dataset(data, split, "none", d["image_size"]), e["batch_size"], d["workers"],

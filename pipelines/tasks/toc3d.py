@@ -27,6 +27,7 @@ from pipelines.detection3d.data import FrameLoader
 from pipelines.detection3d.engine import Setting, ablation_settings, fit, latency, predict_scenes, score
 from pipelines.detection3d.model import build_detector
 from pipelines.engine.trainer import seed_everything
+from pipelines.models import load_model
 
 log = logging.getLogger(__name__)
 
@@ -222,12 +223,10 @@ def ablation(cfg: Mapping, model, loader: FrameLoader, scenes: list[list], devic
 def evaluate(cfg: Mapping, run_dir: Path, ctx: Context, data: SceneData | None = None) -> dict:
     """Best checkpoint on val and test (once) -> metrics.json, predictions.csv, ablation.csv."""
     data = data if data is not None else load_data(cfg, run_dir)
-    model = build_detector(cfg["model"], len(DETECTION_CLASSES))
     best = run_dir / "checkpoints" / "best.safetensors"
     if not best.is_file():
         raise DataError(f"{best} not found; train the run first (pipelines run toc3d ...)")
-    load_weights(model, best)
-    model.to(ctx.device)
+    model = load_model(best, ctx.device).model
     seed_everything(int(cfg["seed"]))  # random scoring in the ablation draws from torch's generator
     loader = frame_loader(cfg, model)
     main = Setting(cfg["model"]["keep_ratios"])

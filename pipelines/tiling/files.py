@@ -10,20 +10,15 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.core.errors import WeightsError
-from pipelines.runs import BEST_WEIGHTS
-
 log = logging.getLogger("pipelines.tiling")
 RASTER_SUFFIXES = (".tif", ".tiff")
 
 
 def _weights_file(model: str) -> Path:
-    path = Path(model).expanduser()
-    if path.is_dir():
-        path = path / BEST_WEIGHTS
-    if not path.is_file():
-        raise WeightsError(f"model {model} not found; pass a buildings run folder or its .safetensors file")
-    return path.resolve()
+    """Any segmenter file, or a run folder's best checkpoint (:func:`pipelines.models.resolve_weights`)."""
+    from pipelines.models import resolve_weights
+
+    return resolve_weights(model).resolve()
 
 
 def _expand_inputs(inputs: list[str], output: Path) -> tuple[list[Path], dict[str, str]]:

@@ -18,7 +18,7 @@ from pipelines.core.device import resolve_device
 from pipelines.core.errors import WeightsError
 from pipelines.core.io import file_sha256
 
-__all__ = ["BlockTask", "BlockResult", "compute_block", "load_model"]
+__all__ = ["BlockTask", "BlockResult", "TileSpec", "compute_block", "load_model"]
 
 
 @dataclass(frozen=True)
@@ -50,19 +50,38 @@ class BlockResult:
     seconds: float
 
 
+@dataclass(frozen=True)
+class TileSpec:
+    """What the tiler needs of a segmenter: output channels, input bands and scaling, tile and threshold."""
+
+    classes: int
+    in_channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    tile: int
+    threshold: float
+
+    @classmethod
+    def of(cls, spec) -> TileSpec:
+        """From a :class:`~pipelines.models.ModelSpec`; only segmenters tile."""
+        i = spec.input
+        return cls(len(spec.classes), i.channels, i.mean, i.std, int(i.tile or max(i.size)),
+                   0.5 if i.threshold is None else float(i.threshold))
+
+
 @functools.lru_cache(maxsize=2)
 def load_model(path: str, sha256: str, device: str, loader: str | None = None):
-    """``(model, spec)`` for a weights file, once per process; refuses a file whose content changed.
+    """``(model, TileSpec)`` for a weights file, once per process; refuses a file whose content changed.
 
     ``loader``: ``"module:function"`` that takes the path and returns ``(model, spec)`` for another
     architecture (``spec`` with ``classes, in_channels, mean, std, tile, threshold``); importable on every
-    worker. Default: :func:`~pipelines.backbones.segmentation.load_segmenter`.
+    worker. Default: :func:`pipelines.models.load_model`, which takes any segmenter the project saved.
     """
     import importlib
 
     import torch
 
-    from pipelines.backbones.segmentation import load_segmenter
+    from pipelines.models import load_model as load_saved
 
     if os.environ.get("OMP_NUM_THREADS"):  # Dask workers: one thread each, set by the job
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
@@ -74,7 +93,11 @@ def load_model(path: str, sha256: str, device: str, loader: str | None = None):
         module, _, name = loader.partition(":")
         model, spec = getattr(importlib.import_module(module), name)(path)
     else:
-        model, spec = load_segmenter(path)
+        loaded = load_saved(path)
+        if loaded.spec.kind != "segmenter":
+            raise WeightsError(f"model {path} is a {loaded.spec.kind}, not a segmenter; pass a buildings run "
+                               "folder or a segmenter's .safetensors file")
+        model, spec = loaded.model, TileSpec.of(loaded.spec)
     return model.eval().to(device), spec
 
 
