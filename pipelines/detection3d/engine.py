@@ -30,7 +30,7 @@ from pipelines.detection3d.losses import denoising_queries, detection_loss
 from pipelines.detection3d.metrics import detection_metrics, filter_by_range, present_classes
 from pipelines.detection3d.model import ToC3DDetector, decode, to_eval_boxes
 from pipelines.detection3d.toc3d_vit import kept_share, token_selection_loss
-from pipelines.engine.trainer import warmup_cosine
+from pipelines.training import warmup_cosine
 
 __all__ = ["fit", "predict_scenes", "score", "latency", "Setting", "ablation_settings"]
 
