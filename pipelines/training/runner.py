@@ -69,8 +69,10 @@ class Settings:
     grad_clip: float = 0.0
     amp: bool = False
     patience: int | None = None
-    monitor: str = "loss"
+    monitor: str | None = "loss"
     schedule: str = "warmup_cosine"
+    unit: str = "epoch"
+    checkpoint_every: int = 1
 
     @classmethod
     def from_train(cls, t: Mapping, **overrides) -> Settings:
@@ -83,15 +85,25 @@ class Settings:
 
 
 class Runner:
-    """Fit ``kind`` into ``run_dir``; resumes from ``checkpoints/last_state.pt`` when it is there."""
+    """Fit ``kind`` into ``run_dir``; resumes from ``checkpoints/last_state.pt`` when it is there.
+
+    With ``settings.unit == "step"`` (GANs) each runner epoch is one optimizer step: the history has one
+    row per ``step`` (the kind's logged values), the state, ``last_name`` and the history are written every
+    ``checkpoint_every`` steps and at the end, and nothing is selected (no best checkpoint, no patience).
+    ``checkpoint_dir`` (default ``run_dir/checkpoints``) holds ``last_state.pt`` and the weights.
+    """
 
     def __init__(self, kind: Kind, settings: Settings, run_dir: Path, ctx: Context,
                  save: Callable[[nn.Module, Path], None] | None = None, callbacks: Sequence[Callback] = (),
-                 cfg: Mapping | None = None, desc: str = "epoch"):
+                 cfg: Mapping | None = None, desc: str = "epoch", checkpoint_dir: Path | None = None,
+                 last_name: str = "last.safetensors", progress: bool = True, resume_hint: str | None = None):
         from pipelines.backbones import save_weights
 
         self.kind, self.s, self.ctx = kind, settings, ctx
-        self.run_dir, self.ckpt = Path(run_dir), Path(run_dir) / "checkpoints"
+        self.run_dir = Path(run_dir)
+        self.ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else self.run_dir / "checkpoints"
+        self.last_name, self.resume_hint, self.steps = last_name, resume_hint, settings.unit == "step"
+        self.show = progress and ctx.is_main
         self.save, self.callbacks, self.cfg, self.desc = save or save_weights, list(callbacks), cfg or {}, desc
         self.device = ctx.device
         self.model = kind.model
@@ -132,18 +144,18 @@ class Runner:
         }
 
     def _restore(self) -> dict | None:
-        saved = load_state(self.ckpt / "last_state.pt")
+        saved = load_state(self.ckpt / "last_state.pt", self.resume_hint)
         if saved is None:
             return None
+        extra = saved.pop("kind")
+        if extra and hasattr(self.kind, "load_state_dict"):
+            self.kind.load_state_dict(extra)  # first: a kind may refuse a state of other settings
         self.model.load_state_dict(saved.pop("model"))
         for key, sd in saved.pop("optimizers").items():
             self.optimizers[key].load_state_dict(sd)
         for key, sd in saved.pop("schedulers").items():
             self.schedulers[key].load_state_dict(sd)
         self.scaler.load_state_dict(saved.pop("scaler"))
-        extra = saved.pop("kind")
-        if extra and hasattr(self.kind, "load_state_dict"):
-            self.kind.load_state_dict(extra)
         restore_rng(saved.pop("rng"))
         return saved
 
@@ -166,7 +178,7 @@ class Runner:
         sums: dict[str, float] = {}
         count, carry = 0.0, None
         bar = tqdm(self.kind.batches(epoch), total=self.kind.steps_per_epoch(), leave=False,
-                   desc=f"{self.desc} {epoch}/{self.s.epochs}", disable=not self.ctx.is_main)
+                   desc=f"{self.desc} {epoch}/{self.s.epochs}", disable=not self.show or self.steps)
         for batch in bar:
             with autocast(self.device, self.s.amp):
                 losses, carry = self.kind.step(self.net, batch, carry)
@@ -179,56 +191,83 @@ class Runner:
             bar.set_postfix(loss=f"{sums[next(iter(self.optimizers))] / count:.4f}", refresh=False)
         return {k: v / max(count, 1.0) for k, v in sums.items()}
 
+    def _row(self, epoch: int, train: dict, val: dict, improved: bool, seconds: float) -> dict:
+        if self.steps:
+            return {"step": epoch, **{k: v for k, v in train.items() if k not in self.optimizers}, "seconds": seconds}
+        return {"epoch": epoch, "lr": next(iter(self.optimizers.values())).param_groups[0]["lr"],
+                **{f"train_{k}": v for k, v in train.items()},
+                **({"val_loss": val["loss"]} if "loss" in val else {}),
+                **{f"val_{k}": v for k, v in val.items()
+                   if k not in ("n", "loss") and (v is None or isinstance(v, (int, float)))},
+                "best": improved, "seconds": seconds}
+
+    def _commit(self, state: dict, history: list[dict], improved: bool) -> None:
+        """Weights, history, then the state: the state is the commit point a resume starts from."""
+        if improved:
+            self.save(self.model, self.ckpt / "best.safetensors")
+        self.save(self.model, self.ckpt / self.last_name)
+        write_csv(self.run_dir / "history.csv", pd.DataFrame(history))
+        save_state(self.ckpt / "last_state.pt", self._state(state))
+
     def fit(self) -> pd.DataFrame:
-        """Train until ``epochs`` or early stopping; the history, one row per epoch."""
+        """Train until ``epochs`` or early stopping; the history, one row per epoch (or step)."""
         saved = self._restore()
         state = saved or {"epoch": 0, "best_score": None, "best_epoch": 0, "bad_epochs": 0, "history": []}
+        unit = "step" if self.steps else "epoch"
         if saved:
-            log.info("resuming after epoch %d (best val_%s %s at epoch %d)", state["epoch"], self.s.monitor,
-                     state["best_score"], state["best_epoch"])
+            best = "" if self.s.monitor is None else \
+                f" (best val_{self.s.monitor} {state['best_score']} at epoch {state['best_epoch']})"
+            log.info("resuming %s from its checkpoint at %s %d of %d%s", self.run_dir, unit, state["epoch"],
+                     self.s.epochs, best)
+        if state["epoch"] >= self.s.epochs:
+            log.info("%s is already trained to %s %d (asked for %d); nothing to train", self.run_dir, unit,
+                     state["epoch"], self.s.epochs)
         main = self.ctx.is_main
         if main:
             for callback in self.callbacks:
                 callback.start(self.cfg, self.run_dir)
         history = list(state["history"])
         patience = self.s.patience if self.s.patience is not None else math.inf
-        for epoch in range(state["epoch"] + 1, self.s.epochs + 1):
-            if state["bad_epochs"] >= patience:
-                break
-            tic = time.perf_counter()
-            train = self._train_epoch(epoch)
-            val = self.kind.validate(self.model)
-            value = val.get(self.s.monitor)
-            score = float("nan") if value is None else float(value)
-            improved = self._better(score, state["best_score"])
-            row = {"epoch": epoch, "lr": next(iter(self.optimizers.values())).param_groups[0]["lr"],
-                   **{f"train_{k}": v for k, v in train.items()},
-                   **({"val_loss": val["loss"]} if "loss" in val else {}),
-                   **{f"val_{k}": v for k, v in val.items()
-                      if k not in ("n", "loss") and (v is None or isinstance(v, (int, float)))},
-                   "best": improved, "seconds": time.perf_counter() - tic}
-            history.append(row)
-            if improved:
-                state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
-            else:
-                state["bad_epochs"] += 1
-            state.update(epoch=epoch, history=history)
-            if main:
+        bar = tqdm(total=self.s.epochs, initial=min(state["epoch"], self.s.epochs), desc=self.desc, unit="step",
+                   disable=not (self.show and self.steps), dynamic_ncols=True)
+        committed = state["epoch"]
+        try:
+            for epoch in range(state["epoch"] + 1, self.s.epochs + 1):
+                if state["bad_epochs"] >= patience:
+                    break
+                tic = time.perf_counter()
+                train = self._train_epoch(epoch)
+                val = self.kind.validate(self.model)
+                value = val.get(self.s.monitor) if self.s.monitor else None
+                score = float("nan") if value is None else float(value)
+                improved = self.s.monitor is not None and self._better(score, state["best_score"])
+                row = self._row(epoch, train, val, improved, time.perf_counter() - tic)
+                history.append(row)
                 if improved:
-                    self.save(self.model, self.ckpt / "best.safetensors")
-                self.save(self.model, self.ckpt / "last.safetensors")
-                write_csv(self.run_dir / "history.csv", pd.DataFrame(history))
-                save_state(self.ckpt / "last_state.pt", self._state(state))
-                for callback in self.callbacks:
-                    callback.epoch(dict(row))
-                log.info("epoch %d: %s val_%s %.4f%s (%.0fs)", epoch,
-                         " ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("train_")),
-                         self.s.monitor, score, " *" if improved else "", row["seconds"])
-            if state["bad_epochs"] >= patience:
-                log.info("early stopping: no better val_%s for %d epochs", self.s.monitor, self.s.patience)
+                    state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
+                elif self.s.monitor is not None:
+                    state["bad_epochs"] += 1
+                state.update(epoch=epoch, history=history)
+                bar.update(1)
+                if main and (epoch % self.s.checkpoint_every == 0 or epoch == self.s.epochs):
+                    self._commit(state, history, improved)
+                    committed = epoch
+                if main:
+                    for callback in self.callbacks:
+                        callback.epoch(dict(row))
+                    if not self.steps:
+                        log.info("epoch %d: %s val_%s %.4f%s (%.0fs)", epoch,
+                                 " ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("train_")),
+                                 self.s.monitor, score, " *" if improved else "", row["seconds"])
+                if state["bad_epochs"] >= patience:
+                    log.info("early stopping: no better val_%s for %d epochs", self.s.monitor, self.s.patience)
+        finally:
+            bar.close()
+        if main and (committed != state["epoch"] or not (self.ckpt / self.last_name).is_file()):
+            self._commit(state, history, False)  # stopped early between two checkpoints
         frame = pd.DataFrame(history)
         if main:
-            if not frame.empty:
+            if not frame.empty and not self.steps:
                 plot_history(frame, self.run_dir / "plots" / "training_curves.png", self.s.monitor)
             for callback in self.callbacks:
                 callback.finish(self.run_dir)

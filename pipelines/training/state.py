@@ -53,14 +53,15 @@ def save_state(path: Path, state: dict) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def load_state(path: Path) -> dict | None:
-    """The saved state, None if there is none; a damaged or foreign file is one ConfigError line."""
+def load_state(path: Path, fallback: str | None = None) -> dict | None:
+    """The saved state, None if there is none; a damaged or foreign file is one ConfigError line ending in
+    ``fallback`` (what to do instead; by default: start over, or start from ``last.safetensors``)."""
     path = Path(path)
     if not path.is_file():
         return None
     last = path.parent / "last.safetensors"
-    fallback = (f"start over without --resume, or train a new run from its weights with "
-                f"--set model.weights={last}" if last.is_file() else "start over without --resume")
+    fallback = fallback or (f"start over without --resume, or train a new run from its weights with "
+                            f"--set model.weights={last}" if last.is_file() else "start over without --resume")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, foreign pickle, bad header: all mean the file is unusable
