@@ -1,5 +1,7 @@
 """The one training runner: resume equals a straight run, damaged states and bad schedules are one line."""
 
+import functools
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -63,9 +65,9 @@ class Kill:
         pass
 
 
-def _classifier(run_dir, epochs, kill=None):
+def _classifier(run_dir, epochs, kill=None, workers=0):
     seed_everything(3)
-    kind = ClassifierKind(_net(3), nn.CrossEntropyLoss(), Noisy(24, 1), Noisy(9, 2), NAMES, 8, 0, 3, CPU,
+    kind = ClassifierKind(_net(3), nn.CrossEntropyLoss(), Noisy(24, 1), Noisy(9, 2), NAMES, 8, workers, 3, CPU,
                           show=False)
     return Runner(kind, Settings(epochs=epochs, monitor="balanced_accuracy", **SETTINGS), run_dir, CPU,
                   callbacks=[Kill(kill)] if kill else []).fit()
@@ -107,6 +109,17 @@ def test_resumed_run_equals_a_straight_run(train, tmp_path):
     assert (tmp_path / "resumed" / "plots" / "training_curves.png").is_file()
     history = pd.read_csv(tmp_path / "resumed" / "history.csv")
     assert list(history["epoch"]) == [1, 2, 3, 4]
+
+
+def test_resume_with_loader_workers_equals_a_straight_run(tmp_path):
+    """Worker processes start afresh each epoch, seeded from (seed, epoch): no persistent worker drifts."""
+    train = functools.partial(_classifier, workers=2)
+    straight = train(tmp_path / "straight", 3)
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "resumed", 3, kill=1)
+    resumed = train(tmp_path / "resumed", 3)
+    columns = [c for c in straight.columns if c != "seconds"]
+    pd.testing.assert_frame_equal(resumed[columns], straight[columns], check_exact=True)
 
 
 def test_resume_without_restored_random_state_differs(tmp_path, monkeypatch):
