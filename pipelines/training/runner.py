@@ -161,14 +161,20 @@ class Runner:
 
     # ----------------------------------------------------------------------------------- loop
     def _optimize(self, losses: Mapping) -> None:
+        scaled = self.scaler.is_enabled()  # fp16 on CUDA only; elsewhere the plain calls, no per-step detour
         for key, optimizer in self.optimizers.items():
             optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(losses[key]).backward()
+            (self.scaler.scale(losses[key]) if scaled else losses[key]).backward()
             if self.s.grad_clip:
-                self.scaler.unscale_(optimizer)
+                if scaled:
+                    self.scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(self.params[key], self.s.grad_clip)
-            self.scaler.step(optimizer)
-        self.scaler.update()
+            if scaled:
+                self.scaler.step(optimizer)
+            else:
+                optimizer.step()
+        if scaled:
+            self.scaler.update()
         for scheduler in self.schedulers.values():
             scheduler.step()
 
@@ -179,8 +185,12 @@ class Runner:
         count, carry = 0.0, None
         bar = tqdm(self.kind.batches(epoch), total=self.kind.steps_per_epoch(), leave=False,
                    desc=f"{self.desc} {epoch}/{self.s.epochs}", disable=not self.show or self.steps)
+        mixed = self.s.amp and self.device.type == "cuda"
         for batch in bar:
-            with autocast(self.device, self.s.amp):
+            if mixed:
+                with autocast(self.device, True):
+                    losses, carry = self.kind.step(self.net, batch, carry)
+            else:
                 losses, carry = self.kind.step(self.net, batch, carry)
             self._optimize(losses)
             n = float(losses.get("n", 1))
