@@ -22,9 +22,9 @@ from pipelines.core.errors import DataError
 from pipelines.core.images import decode_image
 from pipelines.datasets.images import ImageTableDataset
 from pipelines.engine.explain import gradcam
-from pipelines.engine.trainer import make_loader, predict
 from pipelines.model_store import CARD, WEIGHTS, list_models, load_model
 from pipelines.serving import classify
+from pipelines.training import make_loader, predict
 from pipelines.transforms.augment import build_transform
 from tests.conftest import BREAKHIS_REAL
 

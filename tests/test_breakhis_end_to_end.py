@@ -107,10 +107,10 @@ def test_transfer_from_another_backbone_is_refused(binary_run, breakhis_demo, tm
 
 
 def test_killed_run_resumes_where_it_stopped(breakhis_demo, tmp_path, monkeypatch, capsys):
-    import pipelines.engine.trainer as trainer
+    from pipelines.training.runner import Runner
 
     trained = []
-    original = trainer.Trainer._train_epoch
+    original = Runner._train_epoch
 
     def counting(self, epoch):
         trained.append(epoch)
@@ -118,7 +118,7 @@ def test_killed_run_resumes_where_it_stopped(breakhis_demo, tmp_path, monkeypatc
             raise KeyboardInterrupt  # the user presses Ctrl-C during epoch 3
         return original(self, epoch)
 
-    monkeypatch.setattr(trainer.Trainer, "_train_epoch", counting)
+    monkeypatch.setattr(Runner, "_train_epoch", counting)
     code = run(tmp_path, breakhis_demo, "--set", "train.epochs=4", *QUICK)
     err = capsys.readouterr().err
     assert code == 2 and "--resume" in err

@@ -253,7 +253,8 @@ def test_trains_on_the_real_fuseg_pairs(fuseg, tmp_path):
     # and the discriminator learned the right way round: real pairs score higher than generated ones
     # (fails if the real/fake targets or the two optimisers were swapped)
     d = spec.build_discriminator()
-    d.load_state_dict(torch.load(tmp_path / "last_state.pt", weights_only=True)["discriminator"])
+    state = torch.load(tmp_path / "last_state.pt", weights_only=True)["model"]  # the runner's state schema
+    d.load_state_dict({k.removeprefix("discriminator."): v for k, v in state.items() if k.startswith("discriminator.")})
     with torch.no_grad():
         scores = {name: np.mean([s[-1].mean().item() for s in d(torch.cat([masks, torch.from_numpy(x).permute(
             0, 3, 1, 2).float() / 127.5 - 1], 1))]) for name, x in (("real", real), ("generated", fake))}

@@ -3,8 +3,8 @@ import pandas as pd
 import pytest
 import torch
 
-from pipelines.engine.trainer import EpochSampler
 from pipelines.tasks import breakhis
+from pipelines.training import EpochSampler
 from pipelines.transforms.augment import AUGMENTATIONS, StainJitter, build_transform
 
 

@@ -4,13 +4,12 @@ Training is streaming, as StreamPETR's: a batch holds B clips of consecutive fra
 frame at a time; the memory each frame leaves is detached and guides the next frame (history queries for
 the token scorers, propagated queries for the head). Each step draws its keep ratios from
 ``train.keep_ratio_choices`` so one model serves every setting the ablation evaluates. The checkpoint is
-selected on validation NDS; the test scenes are scored once at the end. ``last_state.pt`` is written
-after every epoch, so a killed run resumes from its last finished epoch.
+selected on validation NDS; the test scenes are scored once at the end. The shared runner
+(:mod:`pipelines.training`) owns the loop, checkpoints and resume; :class:`ToC3DKind` supplies the frames.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import statistics
@@ -21,18 +20,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
-from pipelines.core.io import atomic_write_bytes, write_csv
+from pipelines.core.device import Context
 from pipelines.detection3d.data import FrameLoader, make_clips, relative_pose
 from pipelines.detection3d.losses import denoising_queries, detection_loss
 from pipelines.detection3d.metrics import detection_metrics, filter_by_range, present_classes
 from pipelines.detection3d.model import ToC3DDetector, decode, to_eval_boxes
 from pipelines.detection3d.toc3d_vit import kept_share, token_selection_loss
-from pipelines.engine.trainer import warmup_cosine
-from pipelines.models import detector_spec, save_model
+from pipelines.models import checkpoint_saver, detector_spec
+from pipelines.training import Runner, Settings
 
-__all__ = ["fit", "predict_scenes", "score", "latency", "Setting", "ablation_settings"]
+__all__ = ["fit", "ToC3DKind", "predict_scenes", "score", "latency", "Setting", "ablation_settings"]
 
 log = logging.getLogger(__name__)
 
@@ -70,91 +68,71 @@ def _frame_step(model: ToC3DDetector, batch, memory, prev_ego2global, setting: M
     return out, feats, model.head.memory(out, ts)
 
 
+class ToC3DKind:
+    """The runner's kind for streaming clips: each step is one frame of B clips; the memory the frame
+    leaves (detached by the head) is the carry the next frame of the same clips starts from."""
+
+    ddp = False  # toc3d trains in one process (tasks/toc3d.py refuses torchrun)
+
+    def __init__(self, model: ToC3DDetector, loader: FrameLoader, train_scenes: Sequence[Sequence],
+                 val_scenes: Sequence[Sequence], classes: Sequence[str], cfg: Mapping, device: torch.device):
+        self.t, self.seed, self.device = cfg["train"], int(cfg["seed"]), device
+        self.model, self.loader, self.classes = model.to(device), loader, classes
+        self.train_scenes, self.val_scenes, self.max_boxes = train_scenes, val_scenes, cfg["eval"]["max_boxes"]
+        self.choices = ([Setting(r).kwargs() for r in self.t["keep_ratio_choices"]]
+                        or [Setting(cfg["model"]["keep_ratios"]).kwargs()])
+        self.val_setting = Setting(cfg["model"]["keep_ratios"])
+        clips = len(make_clips(train_scenes, self.t["clip_length"], np.random.default_rng(self.seed)))
+        self._steps = math.ceil(clips / self.t["batch_size"]) * self.t["clip_length"]
+
+    def steps_per_epoch(self) -> int:
+        return self._steps
+
+    def batches(self, epoch: int):
+        """(clips, frame index) per step; clips, keep ratios and denoising noise depend on (seed, epoch)."""
+        self.rng = np.random.default_rng(self.seed * 1000 + epoch)
+        torch.manual_seed(self.seed * 1000 + epoch)
+        self.noise = torch.Generator().manual_seed(self.seed * 1000 + epoch)
+        clips = make_clips(self.train_scenes, self.t["clip_length"], self.rng)
+        size = self.t["batch_size"]
+        for group in (clips[i:i + size] for i in range(0, len(clips), size)):
+            for step in range(min(len(c) for c in group)):
+                yield group, step
+
+    def step(self, net, item, carry) -> tuple[dict, tuple]:
+        group, step = item
+        memory, prev = carry if step and carry is not None else (None, None)
+        batch = self.loader.batch([c[step] for c in group]).to(self.device)
+        setting = self.choices[int(self.rng.integers(len(self.choices)))]
+        t = self.t
+        dn = denoising_queries(batch.targets, self.model.head.normalise, t["dn_noise"], self.noise) \
+            if t["dn_noise"] else None
+        out, feats, memory = _frame_step(net, batch, memory, prev, setting, dn)
+        losses = detection_loss(out, batch.targets)
+        loss, tokens = losses["loss"], 0.0
+        if feats["scores"]:
+            tokens = token_selection_loss(feats["scores"], batch.token_masks.flatten(0, 1).flatten(1))
+            loss = loss + t["token_loss_weight"] * tokens
+        logs = {"loss": loss, "cls": losses["cls"], "l1": losses["l1"], "dn": losses.get("dn", 0.0),
+                "tokens": tokens}
+        return logs, (memory, batch.ego2global.numpy())
+
+    def validate(self, model) -> dict:
+        prediction = predict_scenes(model, self.loader, self.val_scenes, self.classes, self.device,
+                                    self.val_setting, self.max_boxes)
+        val = score(prediction, self.classes)["present"]
+        return {"map": val["map"], "nds": val["nds"]}
+
+
 def fit(model: ToC3DDetector, loader: FrameLoader, train_scenes: Sequence[Sequence], val_scenes: Sequence[Sequence],
-        classes: Sequence[str], cfg: Mapping, run_dir: Path, device: torch.device) -> pd.DataFrame:
-    """Train into ``run_dir`` (resuming from ``checkpoints/last_state.pt``); returns the epoch history."""
-    t, m = cfg["train"], cfg["model"]
-    ckpt = Path(run_dir) / "checkpoints"
-    model.to(device)
-    rng_clips = np.random.default_rng(int(cfg["seed"]))
-    clips_per_epoch = len(make_clips(train_scenes, t["clip_length"], rng_clips))
-    steps_per_epoch = math.ceil(clips_per_epoch / t["batch_size"]) * t["clip_length"]
-    total = steps_per_epoch * t["epochs"]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: warmup_cosine(s, warmup=min(steps_per_epoch * t["warmup_epochs"], total - 1), total=total))
-    state = {"epoch": 0, "best": None, "best_epoch": 0, "history": []}
-    if (ckpt / "last_state.pt").is_file():
-        saved = torch.load(ckpt / "last_state.pt", map_location="cpu", weights_only=True)
-        model.load_state_dict(saved.pop("model"))
-        optimizer.load_state_dict(saved.pop("optimizer"))
-        scheduler.load_state_dict(saved.pop("scheduler"))
-        state = saved
-        log.info("resuming after epoch %d (best val NDS %s at epoch %d)", state["epoch"], state["best"],
-                 state["best_epoch"])
-    choices = [Setting(r).kwargs() for r in t["keep_ratio_choices"]] or [Setting(m["keep_ratios"]).kwargs()]
-    val_setting = Setting(m["keep_ratios"])
-    for epoch in range(state["epoch"] + 1, t["epochs"] + 1):
-        tic = time.perf_counter()
-        rng = np.random.default_rng(int(cfg["seed"]) * 1000 + epoch)
-        torch.manual_seed(int(cfg["seed"]) * 1000 + epoch)
-        noise = torch.Generator().manual_seed(int(cfg["seed"]) * 1000 + epoch)
-        clips = make_clips(train_scenes, t["clip_length"], rng)
-        model.train()
-        sums = {"loss": 0.0, "cls": 0.0, "l1": 0.0, "dn": 0.0, "tokens": 0.0}
-        steps = 0
-        batches = [clips[i:i + t["batch_size"]] for i in range(0, len(clips), t["batch_size"])]
-        bar = tqdm(batches, desc=f"epoch {epoch}/{t['epochs']}", leave=False)
-        for group in bar:
-            length = min(len(c) for c in group)
-            memory, prev = None, None
-            for step in range(length):
-                batch = loader.batch([c[step] for c in group]).to(device)
-                setting = choices[int(rng.integers(len(choices)))]
-                dn = denoising_queries(batch.targets, model.head.normalise, t["dn_noise"], noise) if t["dn_noise"] \
-                    else None
-                out, feats, memory = _frame_step(model, batch, memory, prev, setting, dn)
-                losses = detection_loss(out, batch.targets)
-                loss = losses["loss"]
-                if feats["scores"]:
-                    tokens = token_selection_loss(feats["scores"], batch.token_masks.flatten(0, 1).flatten(1))
-                    loss = loss + t["token_loss_weight"] * tokens
-                    sums["tokens"] += float(tokens.detach())
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if t["grad_clip"]:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), t["grad_clip"])
-                optimizer.step()
-                scheduler.step()
-                prev = batch.ego2global.numpy()
-                sums["loss"] += float(loss)
-                sums["cls"] += float(losses["cls"])
-                sums["l1"] += float(losses["l1"])
-                sums["dn"] += float(losses.get("dn", 0.0))
-                steps += 1
-                bar.set_postfix(loss=f"{sums['loss'] / steps:.3f}")
-        val = score(predict_scenes(model, loader, val_scenes, classes, device, val_setting, cfg["eval"]["max_boxes"]),
-                    classes)["present"]
-        improved = state["best"] is None or val["nds"] > state["best"]
-        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
-               **{f"train_{k}": v / max(steps, 1) for k, v in sums.items()},
-               "val_map": val["map"], "val_nds": val["nds"], "best": improved,
-               "seconds": time.perf_counter() - tic}
-        state["history"] = [*state["history"], row]
-        if improved:
-            state.update(best=val["nds"], best_epoch=epoch)
-            save_model(model, detector_spec(cfg["model"], classes, cfg.get("run", {}).get("task", "toc3d")),
-                       ckpt / "best.safetensors")
-        state["epoch"] = epoch
-        write_csv(Path(run_dir) / "history.csv", pd.DataFrame(state["history"]))
-        buffer = io.BytesIO()
-        torch.save({**state, "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, buffer)
-        atomic_write_bytes(ckpt / "last_state.pt", buffer.getvalue())
-        log.info("epoch %d: loss %.3f (focal %.3f, L1 %.3f, denoising %.3f, tokens %.3f) val mAP %.3f NDS %.3f "
-                 "(classes present)%s (%.0fs)", epoch, row["train_loss"], row["train_cls"], row["train_l1"],
-                 row["train_dn"], row["train_tokens"], val["map"], val["nds"], " *" if improved else "", row["seconds"])
-    return pd.DataFrame(state["history"])
+        classes: Sequence[str], cfg: Mapping, run_dir: Path, device: torch.device,
+        callbacks: Sequence = ()) -> pd.DataFrame:
+    """Train into ``run_dir`` with the shared runner, selecting on val NDS (resuming from
+    ``checkpoints/last_state.pt``); returns the epoch history."""
+    kind = ToC3DKind(model, loader, train_scenes, val_scenes, classes, cfg, device)
+    settings = Settings.from_train(cfg["train"], monitor="nds")
+    save = checkpoint_saver(detector_spec(cfg["model"], classes, cfg.get("run", {}).get("task", "toc3d")))
+    return Runner(kind, settings, run_dir, Context(device), save=save, callbacks=callbacks, cfg=cfg).fit()
 
 
 @torch.no_grad()

@@ -26,10 +26,10 @@ from pipelines.datasets.images import ImageTableDataset
 from pipelines.engine.losses import build_loss, class_weights
 from pipelines.engine.metrics import breakdown, classification_metrics, grouped_metrics
 from pipelines.engine.plots import plot_confusion_matrix
-from pipelines.engine.trainer import Trainer, make_loader, predict, seed_everything
 from pipelines.models import ModelSpec, checkpoint_saver, classifier_spec, load_model, read_spec, resolve_weights
 from pipelines.models.files import build_from_file
 from pipelines.runs import read_config
+from pipelines.training import ClassifierKind, Runner, Settings, make_loader, predict, seed_everything
 from pipelines.transforms.augment import build_transform
 
 __all__ = [
@@ -168,16 +168,17 @@ def train_classifier(data: LabelledImages, cfg: Mapping, run_dir: Path, ctx: Con
         len(data.part("test")), dict(zip(data.class_names, [round(float(w), 3) for w in weights], strict=True)),
     )
     seed_everything(int(cfg["seed"]))
-    trainer = Trainer(
+    kind = ClassifierKind(
         build_model(cfg, len(data.class_names)),
         build_loss(t["loss"], weights if t["loss"] != "ce" else None, t["focal_gamma"]),
         data.dataset("train", t["augment"], d["image_size"], d["cache_images"]),
         data.dataset("val", "none", d["image_size"], d["cache_images"]),
-        data.class_names, cfg, run_dir, ctx,
+        data.class_names, t["batch_size"], d["workers"], int(cfg["seed"]), ctx,
         sample_weights=_sample_weights(train_labels, weights) if t["sampler"] == "balanced" else None,
-        save=checkpoint_saver(classifier_spec_of(cfg, data.class_names)),
+        amp=t["amp"], channels_last=t["channels_last"],
     )
-    return trainer.fit()
+    save = checkpoint_saver(classifier_spec_of(cfg, data.class_names))
+    return Runner(kind, Settings.from_train(t), run_dir, ctx, save=save, cfg=cfg).fit()
 
 
 def evaluate_classifier(data: LabelledImages, cfg: Mapping, run_dir: Path, ctx: Context,

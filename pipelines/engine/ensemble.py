@@ -18,7 +18,7 @@ import torch
 
 from pipelines.core.device import Context
 from pipelines.engine.classification import LabelledImages, classifier_spec_of, load_best_model, train_classifier
-from pipelines.engine.trainer import make_loader, predict
+from pipelines.training import make_loader, predict
 
 __all__ = ["member_config", "train_members", "predict_members", "soft_vote", "select_pseudo_labels"]
 

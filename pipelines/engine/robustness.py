@@ -27,7 +27,7 @@ from sklearn.metrics import balanced_accuracy_score
 
 from pipelines.datasets.images import ArrayImageDataset
 from pipelines.engine.metrics import MULTILABEL, official_acc
-from pipelines.engine.trainer import make_loader, predict
+from pipelines.training import make_loader, predict
 from pipelines.transforms.augment import build_transform
 from pipelines.transforms.corruptions import category, corrupt, corruption_list
 

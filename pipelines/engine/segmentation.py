@@ -2,7 +2,7 @@
 
 A task turns its data set into a :class:`TileTable` (one row per tile: name, split, image and mask paths,
 and a function that reads a pair). Training draws random crops (:class:`TileCropDataset`) and runs the
-shared :class:`~pipelines.engine.trainer.Trainer`; validation and the final evaluation score WHOLE tiles by
+shared :class:`~pipelines.training.Runner`; validation and the final evaluation score WHOLE tiles by
 sliding-window inference with Gaussian blending (:func:`score_tiles`), so the checkpoint is selected on
 exactly what is reported. Evaluation writes ``metrics.json``, ``tiles.csv`` and ``plots/overlays/<tile>.png``.
 """
@@ -31,8 +31,8 @@ from pipelines.engine.losses import DiceBCELoss
 from pipelines.engine.metrics import SEGMENTATION_COUNTS, bootstrap_ci, segmentation_counts, segmentation_scores
 from pipelines.engine.plots import save_png, segmentation_overlay
 from pipelines.engine.sliding_window import sliding_window_predict
-from pipelines.engine.trainer import Trainer, autocast, seed_everything
 from pipelines.models import ModelSpec, checkpoint_saver, load_model, segmenter_spec
+from pipelines.training import ImageKind, Runner, Settings, autocast, seed_everything
 from pipelines.transforms.augment import IMAGENET_MEAN, IMAGENET_STD, build_segmentation_transform
 
 __all__ = [
@@ -277,9 +277,9 @@ def train_segmenter(data: TileTable, cfg: Mapping, run_dir: Path, ctx: Context) 
              len(data.indices("test")), cfg["model"]["encoder"],
              " with deep supervision" if cfg["model"]["deep_supervision"] else "")
     spec = _spec(cfg)
-    trainer = Trainer(_build_model(cfg), loss, train_set, None, CLASS_NAMES, cfg, run_dir, ctx,
-                      validator=validate, save=checkpoint_saver(spec), target="mask")
-    return trainer.fit()
+    kind = ImageKind(_build_model(cfg), loss, train_set, t["batch_size"], d["workers"], int(cfg["seed"]), ctx,
+                     validate, target="mask", channels_last=bool(t["channels_last"]))
+    return Runner(kind, Settings.from_train(t), run_dir, ctx, save=checkpoint_saver(spec), cfg=cfg).fit()
 
 
 def evaluate_segmenter(data: TileTable, cfg: Mapping, run_dir: Path, ctx: Context,

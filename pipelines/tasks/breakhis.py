@@ -28,7 +28,7 @@ from pipelines.engine.classification import (
 )
 from pipelines.engine.losses import LOSSES
 from pipelines.engine.robustness import RobustnessData
-from pipelines.engine.trainer import MONITORS
+from pipelines.training import MONITORS
 from pipelines.transforms.augment import AUGMENTATIONS
 
 log = logging.getLogger(__name__)

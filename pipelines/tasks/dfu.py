@@ -37,8 +37,8 @@ from pipelines.engine.ensemble import predict_members, select_pseudo_labels, sof
 from pipelines.engine.losses import LOSSES
 from pipelines.engine.metrics import classification_metrics
 from pipelines.engine.plots import plot_confusion_matrix, save_png
-from pipelines.engine.trainer import MONITORS
 from pipelines.models import save_ensemble
+from pipelines.training import MONITORS
 from pipelines.transforms.augment import AUGMENTATIONS
 
 log = logging.getLogger(__name__)

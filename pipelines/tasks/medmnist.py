@@ -40,8 +40,8 @@ from pipelines.engine.metrics import (
 )
 from pipelines.engine.plots import plot_confusion_matrix
 from pipelines.engine.robustness import RobustnessData
-from pipelines.engine.trainer import Trainer, make_loader, predict, seed_everything
 from pipelines.models import checkpoint_saver
+from pipelines.training import ClassifierKind, Runner, Settings, make_loader, predict, seed_everything
 from pipelines.transforms.augment import AUGMENTATIONS, build_transform
 
 log = logging.getLogger(__name__)
@@ -144,14 +144,14 @@ def train(cfg: Mapping, run_dir: Path, ctx: Context, data: MedMNISTData | None =
         loss = build_loss(t["loss"], weights if t["loss"] != "ce" else None, t["focal_gamma"])
     seed_everything(int(cfg["seed"]))
     sample_weights = weights[torch.as_tensor(data.labels["train"])].double() if t["sampler"] == "balanced" else None
-    trainer = Trainer(
+    kind = ClassifierKind(
         build_model(cfg, len(data.class_names)), loss,
         _dataset(data, "train", t["augment"], d["image_size"]), _dataset(data, "val", "none", d["image_size"]),
-        data.class_names, cfg, run_dir, ctx, sample_weights=sample_weights,
-        scorer=functools.partial(_scores, data), multilabel=data.multilabel,
-        save=checkpoint_saver(_spec(cfg, data)),
+        data.class_names, t["batch_size"], d["workers"], int(cfg["seed"]), ctx, sample_weights=sample_weights,
+        scorer=functools.partial(_scores, data), multilabel=data.multilabel, amp=t["amp"],
+        channels_last=t["channels_last"],
     )
-    trainer.fit()
+    Runner(kind, Settings.from_train(t), run_dir, ctx, save=checkpoint_saver(_spec(cfg, data)), cfg=cfg).fit()
     if ctx.is_main:
         evaluate(cfg, run_dir, ctx, data)
 

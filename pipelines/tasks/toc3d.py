@@ -26,8 +26,8 @@ from pipelines.datasets.nuscenes import DETECTION_CLASSES, read_nuscenes
 from pipelines.detection3d.data import FrameLoader
 from pipelines.detection3d.engine import Setting, ablation_settings, fit, latency, predict_scenes, score
 from pipelines.detection3d.model import build_detector
-from pipelines.engine.trainer import seed_everything
 from pipelines.models import load_model
+from pipelines.training import seed_everything
 
 log = logging.getLogger(__name__)
 
