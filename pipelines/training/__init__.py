@@ -1,0 +1,1 @@
+"""Training: what every model kind shares around its steps (the runner, its loggers)."""
