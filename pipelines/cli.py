@@ -427,7 +427,9 @@ def cmd_list(args) -> int:
     if args.what == "keys":
         if not args.task:
             raise ConfigError("'pipelines list keys' needs a task, e.g. pipelines list keys breakhis")
-        print(Path(get_task(args.task).__file__).with_suffix(".yaml").read_text(), end="")
+        from pipelines.config import defaults_text
+
+        print(defaults_text(Path(get_task(args.task).__file__).with_suffix(".yaml")), end="")
     return 0
 
 
