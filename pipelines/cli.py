@@ -207,6 +207,9 @@ def cmd_run(args) -> int:
     except KeyboardInterrupt:
         raise ConfigError(f"interrupted; continue with: pipelines run {args.task} --resume {run_dir}") from None
     if ctx.is_main:
+        from pipelines.training.loggers import finish_loggers
+
+        finish_loggers(run_dir)  # after evaluation: final metrics and plots to MLflow / TensorBoard
         _summary(run_dir)
         print(run_dir.resolve(), flush=True)
     return 0

@@ -107,3 +107,24 @@ def test_a_tracking_uri_is_used_as_given(tmp_path):
     assert logger.uri == uri and not (tmp_path / "runs" / "mlruns").exists()
     _, run = read_mlflow(tmp_path / "server")
     assert run.data.metrics["test.accuracy"] == 0.625
+
+
+@pytest.mark.slow
+def test_a_demo_run_fills_both_stores(breakhis_demo, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from pipelines.cli import main
+
+    code = main(["run", "breakhis", "--demo", "--data-root", str(breakhis_demo), "--output", str(tmp_path / "runs"),
+                 "--device", "cpu", "--set", "train.epochs=2", "--set", "data.magnification=40", "--set",
+                 "data.image_size=64", "--set", "eval.bootstrap=20", "--set", "log.mlflow=true", "--set",
+                 "log.tensorboard=true"])
+    assert code == 0
+    run_dir = tmp_path / "runs" / "breakhis" / "demo"
+    client, run = read_mlflow(tmp_path / "runs" / "mlruns")
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 2
+    assert run.data.params["log.mlflow"] == "True" and "test.accuracy" in run.data.metrics
+    assert "plots/training_curves.png" in [f.path for f in client.list_artifacts(run.info.run_id, "plots")]
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert [s.step for s in events.Scalars("val_loss")] == [1, 2] and events.Scalars("test.accuracy")

@@ -29,6 +29,7 @@ from pipelines.core.errors import DataError
 from pipelines.core.io import atomic_write_bytes, write_csv
 from pipelines.engine.metrics import classification_metrics
 from pipelines.engine.plots import plot_history
+from pipelines.training.loggers import run_loggers
 
 __all__ = ["Trainer", "EpochSampler", "predict", "make_loader", "seed_everything", "autocast", "warmup_cosine",
            "MONITORS"]
@@ -275,6 +276,7 @@ class Trainer:
         history = list(state["history"])
         start = state["epoch"] + 1
         stopped = state["bad_epochs"] >= self.t["patience"]
+        loggers = run_loggers(self.cfg, self.run_dir) if self.ctx.is_main else []
         for epoch in range(start, self.t["epochs"] + 1):
             if stopped:
                 break
@@ -294,6 +296,8 @@ class Trainer:
                 "seconds": time.perf_counter() - tic,
             }
             history.append(row)
+            for logger in loggers:
+                logger.epoch(row)
             if improved:
                 state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
             else:

@@ -33,7 +33,7 @@ from typing import Any
 from pipelines.config import flatten
 from pipelines.core.errors import ConfigError
 
-__all__ = ["MLflowLogger", "TensorBoardLogger", "build_loggers", "numeric_items"]
+__all__ = ["MLflowLogger", "TensorBoardLogger", "build_loggers", "finish_loggers", "numeric_items", "run_loggers"]
 
 INSTALL = 'pip install "pipelines[track]"'
 
@@ -181,3 +181,23 @@ def build_loggers(cfg: Mapping, run_dir: Path) -> list[Any]:
         _require("tensorboard", "log.tensorboard")
         loggers.append(TensorBoardLogger())
     return loggers
+
+
+_ACTIVE: dict[str, list[Any]] = {}
+
+
+def run_loggers(cfg: Mapping, run_dir: Path) -> list[Any]:
+    """The started loggers of a run folder (built and started on the first call), so several fits of one
+    run (a DFU ensemble) share one MLflow run; :func:`finish_loggers` closes them."""
+    key = str(Path(run_dir).resolve())
+    if key not in _ACTIVE:
+        loggers = build_loggers(cfg, run_dir)
+        for logger in loggers:
+            logger.start(cfg, run_dir)
+        _ACTIVE[key] = loggers
+    return _ACTIVE[key]
+
+
+def finish_loggers(run_dir: Path) -> None:
+    for logger in _ACTIVE.pop(str(Path(run_dir).resolve()), []):
+        logger.finish(run_dir)
