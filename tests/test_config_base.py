@@ -85,3 +85,23 @@ def test_task_yaml_choices_match_the_code_that_reads_them():
     assert choices("buildings", "data.format") == set(FORMATS)
     assert choices("buildings", "train.monitor") == set(SEGMENTATION_MONITORS)
     assert choices("buildings", "train.augment") == set(SEGMENTATION_AUGMENTATIONS)
+
+
+def test_tile_and_synth_take_config_and_set(tmp_path):
+    from pipelines.cli import _build_parser, apply_settings
+
+    config = write(tmp_path / "synth.yaml", "steps: 50\nn-blocks: 3\n")
+    args = _build_parser().parse_args(["synth", "--images", "i", "--masks", "m", "--output", "o", "--steps", "7",
+                                       "--config", str(config), "--set", "batch-size=2", "--set", "edges=true"])
+    args = apply_settings(args, "synth")
+    assert (args.steps, args.n_blocks, args.batch_size, args.edges, args.size) == (50, 3, 2, True, 128)
+    args = _build_parser().parse_args(["tile", "x.tif", "--model", "r", "--output", "o", "--set", "overlap=32",
+                                       "--set", "threshold=0.3"])
+    args = apply_settings(args, "tile")
+    assert (args.overlap, args.threshold) == (32, 0.3)
+    with pytest.raises(ConfigError, match=r"unknown config key 'overlp'.*overlap"):
+        apply_settings(_build_parser().parse_args(["tile", "x.tif", "--model", "r", "--output", "o", "--set",
+                                                   "overlp=3"]), "tile")
+    with pytest.raises(ConfigError, match="bad value for 'steps'"):
+        apply_settings(_build_parser().parse_args(["synth", "--images", "i", "--masks", "m", "--output", "o",
+                                                   "--set", "steps=many"]), "synth")
