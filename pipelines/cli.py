@@ -114,6 +114,9 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="divide pixels by this to reach [0, 1] (default: 255 for uint8, the type's max for "
                          "other integers, 1 for floats)")
     tl.add_argument("--block-tiles", type=int, help="windows per block side (default: blocks of about 1024 px)")
+    tl.add_argument("--config", help="YAML file of option names (batch_size: 8) to change")
+    tl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="change one option by its name, e.g. --set batch_size=8 (repeatable)")
     tl.set_defaults(func=cmd_tile)
 
     sy = sub.add_parser("synth", help="train pix2pixHD from wound masks to photos (paired by file stem); "
@@ -136,6 +139,9 @@ def _build_parser() -> argparse.ArgumentParser:
                     "(default: 200)")
     sy.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     sy.add_argument("--seed", type=int, default=0, help="initialisation, batches, flips (default: 0)")
+    sy.add_argument("--config", help="YAML file of option names (batch_size: 8) to change")
+    sy.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="change one option by its name, e.g. --set batch_size=8 (repeatable)")
     sy.set_defaults(func=cmd_synth)
     return parser
 
@@ -207,6 +213,9 @@ def cmd_run(args) -> int:
     except KeyboardInterrupt:
         raise ConfigError(f"interrupted; continue with: pipelines run {args.task} --resume {run_dir}") from None
     if ctx.is_main:
+        from pipelines.training.loggers import finish_loggers
+
+        finish_loggers(run_dir)  # after evaluation: final metrics and plots to MLflow / TensorBoard
         _summary(run_dir)
         print(run_dir.resolve(), flush=True)
     return 0
@@ -367,6 +376,19 @@ def cmd_serve(args) -> int:
     return launch(args.page, page_args, args.host, args.port)
 
 
+def apply_settings(args, source: str) -> argparse.Namespace:
+    """``--config FILE`` and ``--set key=value`` for a command's own options (keys are the option names,
+    ``batch_size`` or ``batch-size``), checked like a task's keys; they override the flags."""
+    from pipelines.config import apply_overrides, load_yaml, merge
+
+    options = {k: v for k, v in vars(args).items() if k not in ("func", "command", "config", "overrides")}
+    if args.config:
+        options = merge(options, {k.replace("-", "_"): v for k, v in load_yaml(args.config).items()}, args.config)
+    sets = [item.split("=", 1)[0].replace("-", "_") + item[len(item.split("=", 1)[0]):] for item in args.overrides]
+    options = apply_overrides(options, sets, f"pipelines {source} --set")
+    return argparse.Namespace(**{**vars(args), **options})
+
+
 def cmd_tile(args) -> int:
     import importlib.util
 
@@ -376,6 +398,7 @@ def cmd_tile(args) -> int:
                           "pip install -e '.[geo]'")
     from pipelines.tiling import TileOptions, run_job
 
+    args = apply_settings(args, "tile")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     opts = TileOptions(model=args.model, inputs=args.inputs, output=args.output, tile=args.tile,
                        overlap=args.overlap, batch_size=args.batch_size, device=args.device,
@@ -390,6 +413,7 @@ def cmd_tile(args) -> int:
 def cmd_synth(args) -> int:
     from pipelines.synthesis import Pix2PixHDSpec, read_mask_pairs, summarize_history, train_pix2pixhd
 
+    args = apply_settings(args, "synth")
     spec = Pix2PixHDSpec(input_nc=3 if args.edges else 2, ngf=args.ngf, n_downsampling=args.n_downsampling,
                          n_blocks=args.n_blocks, local_enhancer=args.local_enhancer, size=args.size,
                          channels=("background", "wound", "edges")[: 3 if args.edges else 2])
@@ -427,7 +451,9 @@ def cmd_list(args) -> int:
     if args.what == "keys":
         if not args.task:
             raise ConfigError("'pipelines list keys' needs a task, e.g. pipelines list keys breakhis")
-        print(Path(get_task(args.task).__file__).with_suffix(".yaml").read_text(), end="")
+        from pipelines.config import defaults_text
+
+        print(defaults_text(Path(get_task(args.task).__file__).with_suffix(".yaml")), end="")
     return 0
 
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.config import check_choices, load_yaml
+from pipelines.config import check_declared, load_defaults
 from pipelines.core.device import Context
 from pipelines.core.errors import DataError
 from pipelines.core.io import write_csv
-from pipelines.datasets.breakhis import BENIGN, MAGNIFICATIONS, MALIGNANT, read_breakhis, read_folds
+from pipelines.datasets.breakhis import BENIGN, MALIGNANT, read_breakhis, read_folds
 from pipelines.datasets.breakhis_demo import write_demo_breakhis
 from pipelines.datasets.splits import check_disjoint, group_split, image_split
 from pipelines.engine.classification import (
@@ -26,10 +26,7 @@ from pipelines.engine.classification import (
     selected_epoch,
     train_classifier,
 )
-from pipelines.engine.losses import LOSSES
 from pipelines.engine.robustness import RobustnessData
-from pipelines.training import MONITORS
-from pipelines.transforms.augment import AUGMENTATIONS
 
 log = logging.getLogger(__name__)
 
@@ -50,25 +47,15 @@ DEMO_OVERRIDES = {
     "train.patience": 10,
 }
 
-CHOICES = {
-    "data.task": ("binary", "subtype"),
-    "data.magnification": ("all", *MAGNIFICATIONS),
-    "data.split": ("patient", "folds", "image"),
-    "train.monitor": MONITORS,
-    "train.loss": LOSSES,
-    "train.sampler": ("shuffle", "balanced"),
-    "train.augment": AUGMENTATIONS,
-}
-POSITIVE = ("data.image_size", "train.epochs", "train.batch_size", "train.lr", "train.patience",
-            "eval.batch_size", "data.fold")
+DEFAULTS = Path(__file__).with_name("breakhis.yaml")  # choices and ranges are declared beside each key
 
 
 def defaults() -> dict:
-    return load_yaml(Path(__file__).with_name("breakhis.yaml"))
+    return load_defaults(DEFAULTS)
 
 
 def validate(cfg: Mapping) -> None:
-    check_choices(cfg, CHOICES, POSITIVE)
+    check_declared(cfg, DEFAULTS)
     check_model_config(cfg)
     if cfg["data"]["split"] == "folds" and not cfg["data"]["folds_csv"]:
         raise DataError("data.split=folds needs data.folds_csv=PATH to the Folds.csv file")

@@ -16,15 +16,14 @@ from pathlib import Path
 import pandas as pd
 
 from pipelines.backbones.segmentation import check_encoder
-from pipelines.config import check_choices, load_yaml
+from pipelines.config import check_declared, load_defaults
 from pipelines.core.device import Context
 from pipelines.core.errors import ConfigError
 from pipelines.core.io import write_csv
-from pipelines.datasets.massachusetts import FORMATS, read_massachusetts, read_pair
+from pipelines.datasets.massachusetts import read_massachusetts, read_pair
 from pipelines.datasets.massachusetts_demo import write_demo_massachusetts
 from pipelines.engine.classification import selected_epoch
-from pipelines.engine.segmentation import SEGMENTATION_MONITORS, TileTable, evaluate_segmenter, train_segmenter
-from pipelines.transforms.augment import SEGMENTATION_AUGMENTATIONS
+from pipelines.engine.segmentation import TileTable, evaluate_segmenter, train_segmenter
 
 log = logging.getLogger(__name__)
 
@@ -46,21 +45,15 @@ DEMO_OVERRIDES = {
     "eval.overlap": 64,
 }
 
-CHOICES = {
-    "data.format": FORMATS,
-    "train.monitor": SEGMENTATION_MONITORS,
-    "train.augment": SEGMENTATION_AUGMENTATIONS,
-}
-POSITIVE = ("data.crop", "data.crops_per_tile", "train.epochs", "train.batch_size", "train.lr", "train.patience",
-            "eval.tile", "eval.batch_size")
+DEFAULTS = Path(__file__).with_name("buildings.yaml")  # choices and ranges are declared beside each key
 
 
 def defaults() -> dict:
-    return load_yaml(Path(__file__).with_name("buildings.yaml"))
+    return load_defaults(DEFAULTS)
 
 
 def validate(cfg: Mapping) -> None:
-    check_choices(cfg, CHOICES, POSITIVE)
+    check_declared(cfg, DEFAULTS)
     d, m, e = cfg["data"], cfg["model"], cfg["eval"]
     for key, value in (("data.crop", d["crop"]), ("eval.tile", e["tile"])):
         if value % 32:

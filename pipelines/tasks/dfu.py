@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines.config import check_choices, load_yaml
+from pipelines.config import check_declared, load_defaults
 from pipelines.core.device import Context
 from pipelines.core.errors import ConfigError, DataError
 from pipelines.core.images import read_image
@@ -34,12 +34,9 @@ from pipelines.datasets.dfu import CLASSES, dfu_split, read_dfuc, write_submissi
 from pipelines.datasets.dfu_demo import write_demo_dfuc
 from pipelines.engine.classification import LabelledImages, check_model_config, check_split_files, selected_epoch
 from pipelines.engine.ensemble import predict_members, select_pseudo_labels, soft_vote, train_members
-from pipelines.engine.losses import LOSSES
 from pipelines.engine.metrics import classification_metrics
 from pipelines.engine.plots import plot_confusion_matrix, save_png
 from pipelines.models import save_ensemble
-from pipelines.training import MONITORS
-from pipelines.transforms.augment import AUGMENTATIONS
 
 log = logging.getLogger(__name__)
 
@@ -64,24 +61,15 @@ DEMO_OVERRIDES = {
     "eval.bootstrap": 200,
 }
 
-CHOICES = {
-    "data.grouping": ("near_duplicate", "random"),
-    "train.monitor": MONITORS,
-    "train.loss": LOSSES,
-    "train.sampler": ("shuffle", "balanced"),
-    "train.augment": AUGMENTATIONS,
-}
-POSITIVE = ("data.image_size", "train.epochs", "train.batch_size", "train.lr", "train.patience", "eval.batch_size",
-            "pseudo.threshold", "synth.size", "synth.steps", "synth.batch_size", "synth.ngf", "synth.n_blocks",
-            "synth.n_downsampling")
+DEFAULTS = Path(__file__).with_name("dfu.yaml")  # choices and ranges are declared beside each key
 
 
 def defaults() -> dict:
-    return load_yaml(Path(__file__).with_name("dfu.yaml"))
+    return load_defaults(DEFAULTS)
 
 
 def validate(cfg: Mapping) -> None:
-    check_choices(cfg, CHOICES, POSITIVE)
+    check_declared(cfg, DEFAULTS)
     m, p, s = cfg["model"], cfg["pseudo"], cfg["synth"]
     if not m["backbones"] or not all(isinstance(b, str) for b in m["backbones"]):
         raise ConfigError("model.backbones must list at least one backbone, e.g. [efficientnet_b0, efficientnet_b1]")

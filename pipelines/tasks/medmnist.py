@@ -16,12 +16,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipelines.config import check_choices, load_yaml
+from pipelines.config import check_declared, load_defaults
 from pipelines.core.device import Context
 from pipelines.core.errors import ConfigError, DataError
 from pipelines.core.io import write_csv, write_json
 from pipelines.datasets.images import ArrayImageDataset
-from pipelines.datasets.medmnist import CATALOG, FLAGS, SIZES, MedMNISTData, check_flag, read_medmnist
+from pipelines.datasets.medmnist import CATALOG, MedMNISTData, check_flag, read_medmnist
 from pipelines.datasets.medmnist_demo import write_demo_medmnist
 from pipelines.engine.classification import (
     build_model,
@@ -30,7 +30,7 @@ from pipelines.engine.classification import (
     load_best_model,
     selected_epoch,
 )
-from pipelines.engine.losses import LOSSES, build_loss, class_weights
+from pipelines.engine.losses import build_loss, class_weights
 from pipelines.engine.metrics import (
     bootstrap_ci,
     classification_metrics,
@@ -42,7 +42,7 @@ from pipelines.engine.plots import plot_confusion_matrix
 from pipelines.engine.robustness import RobustnessData
 from pipelines.models import checkpoint_saver
 from pipelines.training import ClassifierKind, Runner, Settings, make_loader, predict, seed_everything
-from pipelines.transforms.augment import AUGMENTATIONS, build_transform
+from pipelines.transforms.augment import build_transform
 
 log = logging.getLogger(__name__)
 
@@ -54,24 +54,16 @@ DEMO_OVERRIDES = {
     "train.patience": 12,
 }
 
-CHOICES = {
-    "data.dataset": FLAGS,
-    "data.size": SIZES,
-    "train.monitor": ("auc", "acc", "balanced_accuracy", "loss"),
-    "train.loss": LOSSES,
-    "train.sampler": ("shuffle", "balanced"),
-    "train.augment": AUGMENTATIONS,
-}
-POSITIVE = ("train.epochs", "train.batch_size", "train.lr", "train.patience", "eval.batch_size")
+DEFAULTS = Path(__file__).with_name("medmnist.yaml")  # choices and ranges are declared beside each key
 
 
 def defaults() -> dict:
-    return load_yaml(Path(__file__).with_name("medmnist.yaml"))
+    return load_defaults(DEFAULTS)
 
 
 def validate(cfg: dict) -> None:
     """Check the config, and fill in ``data.image_size`` (the data's size unless set)."""
-    check_choices(cfg, CHOICES, POSITIVE)
+    check_declared(cfg, DEFAULTS)
     d = cfg["data"]
     info = check_flag(d["dataset"], d["size"])
     if d["image_size"] is None:

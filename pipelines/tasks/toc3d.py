@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.backbones.weights import load_weights
-from pipelines.config import check_choices, load_yaml
+from pipelines.config import check_declared, load_defaults
 from pipelines.core.device import Context
 from pipelines.core.errors import ConfigError, DataError
 from pipelines.core.io import write_csv, write_json
@@ -55,15 +55,13 @@ DEMO_OVERRIDES = {
     "train.grad_clip": 10.0,
 }
 
-CHOICES: dict = {}
-POSITIVE = ("model.patch_size", "model.embed_dim", "model.depth", "model.heads", "model.queries",
-            "model.decoder_layers", "model.depth_bins", "train.epochs", "train.batch_size", "train.clip_length",
-            "train.lr", "eval.max_boxes", "eval.latency_frames", "eval.latency_repeats")
 SPLITS = ("train", "val", "test")
+
+DEFAULTS = Path(__file__).with_name("toc3d.yaml")  # choices and ranges are declared beside each key
 
 
 def defaults() -> dict:
-    return load_yaml(Path(__file__).with_name("toc3d.yaml"))
+    return load_defaults(DEFAULTS)
 
 
 def _check_ratios(key: str, ratios, stages: int) -> None:
@@ -75,7 +73,7 @@ def _check_ratios(key: str, ratios, stages: int) -> None:
 
 
 def validate(cfg: Mapping) -> None:
-    check_choices(cfg, CHOICES, POSITIVE)
+    check_declared(cfg, DEFAULTS)
     d, m, t, e = cfg["data"], cfg["model"], cfg["train"], cfg["eval"]
     h, w = m["image_size"]
     if h % m["patch_size"] or w % m["patch_size"]:

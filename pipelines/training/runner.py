@@ -30,6 +30,7 @@ from pipelines.core.device import Context
 from pipelines.core.io import write_csv
 from pipelines.engine.plots import plot_history
 from pipelines.training.data import autocast
+from pipelines.training.loggers import run_loggers
 from pipelines.training.schedule import build_scheduler, warmup_steps
 from pipelines.training.state import load_state, restore_rng, rng_state, save_state
 
@@ -236,6 +237,8 @@ class Runner:
         if main:
             for callback in self.callbacks:
                 callback.start(self.cfg, self.run_dir)
+        # opt-in MLflow / TensorBoard: started once per run folder, finished by the command after evaluation
+        loggers = run_loggers(self.cfg, self.run_dir) if main and self.cfg.get("log") else []
         history = list(state["history"])
         patience = self.s.patience if self.s.patience is not None else math.inf
         bar = tqdm(total=self.s.epochs, initial=min(state["epoch"], self.s.epochs), desc=self.desc, unit="step",
@@ -263,7 +266,7 @@ class Runner:
                     self._commit(state, history, improved)
                     committed = epoch
                 if main:
-                    for callback in self.callbacks:
+                    for callback in [*self.callbacks, *loggers]:
                         callback.epoch(dict(row))
                     if not self.steps:
                         log.info("epoch %d: %s val_%s %.4f%s (%.0fs)", epoch,
