@@ -216,12 +216,13 @@ def cmd_run(args) -> int:
         from pipelines.training.loggers import finish_loggers
 
         finish_loggers(run_dir)  # after evaluation: final metrics and plots to MLflow / TensorBoard
-        _summary(run_dir)
+        _summary(task, run_dir)
         print(run_dir.resolve(), flush=True)
     return 0
 
 
-def _summary(run_dir: Path) -> None:
+def _summary(task, run_dir: Path) -> None:
+    """The task's headline lines for val and test (its ``summary_lines``), then the run's note."""
     import json
 
     path = run_dir / "metrics.json"
@@ -229,29 +230,9 @@ def _summary(run_dir: Path) -> None:
         return
     metrics = json.loads(path.read_text())
     for split in ("val", "test"):
-        m = metrics.get(split, {})
-        if "nds" in m:  # 3D detection (toc3d)
-            p = m["present"]
-            log.info("%s: mAP %.3f, NDS %.3f (all 10 classes); over the classes present (%s): mAP %.3f, NDS %.3f; "
-                     "%s", split, m["map"], m["nds"], ", ".join(p["classes"]), p["map"], p["nds"],
-                     ", ".join(f"{k} {v:.3f}" for k, v in p["tp_errors"].items() if v is not None))
-            continue
-        if "iou" in m:  # segmentation (buildings)
-            ci = m.get("ci95", {}).get("iou")
-            iou_ci = " [{:.3f}, {:.3f}]".format(*ci) if ci else ""
-            log.info("%s: building IoU %.3f%s, F1 %.3f, precision %.3f, recall %.3f, relaxed P/R %.3f/%.3f, "
-                     "mean IoU %.3f, pixel accuracy %.3f (%d tiles)", split, m["iou"], iou_ci, m["f1"], m["precision"],
-                     m["recall"], m["relaxed_precision"], m["relaxed_recall"], m["mean_iou"], m["pixel_accuracy"],
-                     m["n_tiles"])
-            continue
-        ci = m.get("ci95", {})
-        acc_ci = " [{:.3f}, {:.3f}]".format(*ci["accuracy"]) if ci.get("accuracy") else ""
-        auc = f"{m['roc_auc']:.3f}" if m.get("roc_auc") is not None else "n/a"
-        log.info("%s: accuracy %.3f%s, balanced accuracy %.3f, macro-F1 %.3f, ROC AUC %s (n=%d)", split,
-                 m["accuracy"], acc_ci, m["balanced_accuracy"], m["macro_f1"], auc, m["n"])
-        if "acc" in m:  # MedMNIST's official metrics
-            cis = {k: " [{:.3f}, {:.3f}]".format(*ci[k]) if ci.get(k) else "" for k in ("acc", "auc")}
-            log.info("%s: official ACC %.3f%s, AUC %.3f%s", split, m["acc"], cis["acc"], m["auc"], cis["auc"])
+        if metrics.get(split):
+            for line in task.summary_lines(split, metrics[split]):
+                log.info("%s", line)
     note = metrics.get("info", {}).get("note")
     if note:
         log.info("note: %s", note)
@@ -276,7 +257,7 @@ def cmd_eval(args) -> int:
         _robustness(task, cfg, run_dir, args.reference, ctx.device)
     else:
         task.evaluate(cfg, run_dir, ctx)
-        _summary(run_dir)
+        _summary(task, run_dir)
     print(run_dir.resolve(), flush=True)
     return 0
 

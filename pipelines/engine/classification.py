@@ -34,7 +34,7 @@ from pipelines.transforms.augment import build_transform
 
 __all__ = [
     "LabelledImages", "check_model_config", "check_split_files", "build_model", "classifier_spec_of",
-    "load_best_model", "train_classifier", "evaluate_classifier", "selected_epoch", "SPLITS",
+    "load_best_model", "train_classifier", "evaluate_classifier", "selected_epoch", "summary_lines", "SPLITS",
 ]
 
 log = logging.getLogger(__name__)
@@ -227,3 +227,12 @@ def _write_predictions(run_dir: Path, rows: pd.DataFrame, probs: np.ndarray, cla
     for i, name in enumerate(class_names):
         out[f"prob_{name}"] = probs[:, i]
     write_csv(run_dir / "predictions.csv", out)
+
+
+def summary_lines(split: str, m: Mapping) -> list[str]:
+    """What ``pipelines run`` prints for a classification split of metrics.json."""
+    ci = m.get("ci95", {})
+    acc_ci = " [{:.3f}, {:.3f}]".format(*ci["accuracy"]) if ci.get("accuracy") else ""
+    auc = f"{m['roc_auc']:.3f}" if m.get("roc_auc") is not None else "n/a"
+    return [f"{split}: accuracy {m['accuracy']:.3f}{acc_ci}, balanced accuracy {m['balanced_accuracy']:.3f}, "
+            f"macro-F1 {m['macro_f1']:.3f}, ROC AUC {auc} (n={m['n']})"]

@@ -37,7 +37,7 @@ from pipelines.transforms.augment import IMAGENET_MEAN, IMAGENET_STD, build_segm
 
 __all__ = [
     "Tile", "TileTable", "TileCropDataset", "SEGMENTATION_MONITORS", "TILE_COLUMNS", "predict_tile", "score_tiles",
-    "chance_scores", "train_segmenter", "evaluate_segmenter",
+    "chance_scores", "train_segmenter", "evaluate_segmenter", "summary_lines",
 ]
 
 log = logging.getLogger(__name__)
@@ -317,3 +317,12 @@ def evaluate_segmenter(data: TileTable, cfg: Mapping, run_dir: Path, ctx: Contex
                       "nodata_masked": bool(cfg["data"]["mask_nodata"])}
     write_json(run_dir / "metrics.json", report)
     return report
+
+
+def summary_lines(split: str, m: Mapping) -> list[str]:
+    """What ``pipelines run`` prints for a segmentation split of metrics.json."""
+    ci = m.get("ci95", {}).get("iou")
+    iou_ci = " [{:.3f}, {:.3f}]".format(*ci) if ci else ""
+    return [f"{split}: building IoU {m['iou']:.3f}{iou_ci}, F1 {m['f1']:.3f}, precision {m['precision']:.3f}, "
+            f"recall {m['recall']:.3f}, relaxed P/R {m['relaxed_precision']:.3f}/{m['relaxed_recall']:.3f}, "
+            f"mean IoU {m['mean_iou']:.3f}, pixel accuracy {m['pixel_accuracy']:.3f} ({m['n_tiles']} tiles)"]

@@ -2,7 +2,8 @@
 
 A task module provides ``DESCRIPTION``, ``defaults() -> dict``, ``DEMO_OVERRIDES`` (dotted keys),
 ``validate(cfg)``, ``prepare_demo(data_dir) -> Path``, ``load_data(cfg, run_dir=None)`` (scan and
-split, or the run's split.csv), ``train(cfg, run_dir, ctx, data=None)`` and ``evaluate(cfg, run_dir, ctx, data=None)``;
+split, or the run's split.csv), ``train(cfg, run_dir, ctx, data=None)``, ``evaluate(cfg, run_dir, ctx, data=None)`` and
+``summary_lines(split, metrics) -> list[str]`` (what ``pipelines run`` prints for val and test);
 classification tasks add ``robustness_data(cfg, run_dir)`` for ``pipelines eval --corruptions``.
 Modules are imported only when used, so one task's heavy dependencies never slow down another.
 """

@@ -26,6 +26,7 @@ from pipelines.engine.classification import (
     selected_epoch,
     train_classifier,
 )
+from pipelines.engine.classification import summary_lines as summary_lines  # the task's headline
 from pipelines.engine.robustness import RobustnessData
 
 log = logging.getLogger(__name__)
@@ -173,3 +174,4 @@ def card_facts(cfg: Mapping, run_dir: Path) -> dict:
             "Probabilities are not calibrated to any clinical population's prevalence.",
         ],
     }
+

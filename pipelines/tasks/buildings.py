@@ -24,6 +24,7 @@ from pipelines.datasets.massachusetts import read_massachusetts, read_pair
 from pipelines.datasets.massachusetts_demo import write_demo_massachusetts
 from pipelines.engine.classification import selected_epoch
 from pipelines.engine.segmentation import TileTable, evaluate_segmenter, train_segmenter
+from pipelines.engine.segmentation import summary_lines as summary_lines  # the task's headline
 
 log = logging.getLogger(__name__)
 

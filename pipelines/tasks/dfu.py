@@ -33,6 +33,7 @@ from pipelines.core.io import write_csv, write_json
 from pipelines.datasets.dfu import CLASSES, dfu_split, read_dfuc, write_submission
 from pipelines.datasets.dfu_demo import write_demo_dfuc
 from pipelines.engine.classification import LabelledImages, check_model_config, check_split_files, selected_epoch
+from pipelines.engine.classification import summary_lines as summary_lines  # the task's headline
 from pipelines.engine.ensemble import predict_members, select_pseudo_labels, soft_vote, train_members
 from pipelines.engine.metrics import classification_metrics
 from pipelines.engine.plots import plot_confusion_matrix, save_png

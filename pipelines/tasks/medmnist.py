@@ -242,3 +242,13 @@ def test_images(cfg: Mapping, run_dir: Path, indices: list[int]) -> list[np.ndar
 def _test_split(data_json: str, stamp: float) -> np.ndarray:
     """The test images of a data set, read again when the data config or its files change (``stamp``)."""
     return load_data({"data": json.loads(data_json)}).images["test"]
+
+
+def summary_lines(split: str, m: Mapping) -> list[str]:
+    """The classification line plus MedMNIST's official ACC/AUC with their intervals."""
+    from pipelines.engine.classification import summary_lines as classification_lines
+
+    ci = m.get("ci95", {})
+    cis = {k: " [{:.3f}, {:.3f}]".format(*ci[k]) if ci.get(k) else "" for k in ("acc", "auc")}
+    return [*classification_lines(split, m),
+            f"{split}: official ACC {m['acc']:.3f}{cis['acc']}, AUC {m['auc']:.3f}{cis['auc']}"]

@@ -262,3 +262,11 @@ def _flat(box: Mapping) -> dict:
     return {"class": box["detection_name"], "score": box["detection_score"], "x": x, "y": y, "z": z, "w": w,
             "l": length, "h": h, **dict(zip(("qw", "qx", "qy", "qz"), box["rotation"], strict=True)),
             "vx": box["velocity"][0], "vy": box["velocity"][1], "attribute": box["attribute_name"]}
+
+
+def summary_lines(split: str, m: Mapping) -> list[str]:
+    """nuScenes mAP/NDS over all 10 classes and over the classes present, with the TP errors."""
+    p = m["present"]
+    errors = ", ".join(f"{k} {v:.3f}" for k, v in p["tp_errors"].items() if v is not None)
+    return [f"{split}: mAP {m['map']:.3f}, NDS {m['nds']:.3f} (all 10 classes); over the classes present "
+            f"({', '.join(p['classes'])}): mAP {p['map']:.3f}, NDS {p['nds']:.3f}; {errors}"]
