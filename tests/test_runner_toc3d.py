@@ -12,25 +12,12 @@ from pipelines.detection3d import engine
 from pipelines.detection3d.model import build_detector
 from pipelines.tasks import toc3d
 from pipelines.training import seed_everything
+from tests.test_runner import Kill
 
 TINY = {**toc3d.DEMO_OVERRIDES, "model.embed_dim": 32, "model.depth": 4, "model.heads": 2, "model.stages": [1, 2, 3],
         "model.queries": 20, "model.propagated": 8, "model.decoder_layers": 1, "model.depth_bins": 8,
         "train.epochs": 3, "train.clip_length": 2, "train.batch_size": 2}
 
-
-class Kill:
-    def __init__(self, at):
-        self.at = at
-
-    def start(self, cfg, run_dir):
-        pass
-
-    def epoch(self, row):
-        if row["epoch"] == self.at:
-            raise KeyboardInterrupt
-
-    def finish(self, run_dir):
-        pass
 
 
 @pytest.fixture(scope="module")
