@@ -357,19 +357,6 @@ def cmd_serve(args) -> int:
     return launch(args.page, page_args, args.host, args.port)
 
 
-def apply_settings(args, source: str) -> argparse.Namespace:
-    """``--config FILE`` and ``--set key=value`` for a command's own options (keys are the option names,
-    ``batch_size`` or ``batch-size``), checked like a task's keys; they override the flags."""
-    from pipelines.config import apply_overrides, load_yaml, merge
-
-    options = {k: v for k, v in vars(args).items() if k not in ("func", "command", "config", "overrides")}
-    if args.config:
-        options = merge(options, {k.replace("-", "_"): v for k, v in load_yaml(args.config).items()}, args.config)
-    sets = [item.split("=", 1)[0].replace("-", "_") + item[len(item.split("=", 1)[0]):] for item in args.overrides]
-    options = apply_overrides(options, sets, f"pipelines {source} --set")
-    return argparse.Namespace(**{**vars(args), **options})
-
-
 def cmd_tile(args) -> int:
     import importlib.util
 
@@ -377,6 +364,7 @@ def cmd_tile(args) -> int:
     if missing:
         raise ConfigError(f"pipelines tile needs {' and '.join(missing)}; install the geo extra: "
                           "pip install -e '.[geo]'")
+    from pipelines.config import apply_settings
     from pipelines.tiling import TileOptions, run_job
 
     args = apply_settings(args, "tile")
@@ -392,6 +380,7 @@ def cmd_tile(args) -> int:
 
 
 def cmd_synth(args) -> int:
+    from pipelines.config import apply_settings
     from pipelines.synthesis import Pix2PixHDSpec, read_mask_pairs, summarize_history, train_pix2pixhd
 
     args = apply_settings(args, "synth")

@@ -32,6 +32,7 @@ import yaml
 from pipelines.core.errors import ConfigError
 
 __all__ = [
+    "apply_settings",
     "load_yaml",
     "dump_yaml",
     "flatten",
@@ -345,3 +346,16 @@ def check_declared(cfg: Mapping, path: str | Path) -> None:
         if not inside:
             interval = f"{'[' if lo_closed else '('}{lo}, {hi}{']' if hi_closed else ')'}"
             raise ConfigError(f"bad value for '{dotted}': {value!r}; it must be in {interval}")
+
+
+def apply_settings(args, source: str):
+    """``--config FILE`` and ``--set key=value`` for a command's own options (keys are the option names,
+    ``batch_size`` or ``batch-size``), checked like a task's keys; they override the flags."""
+    import argparse
+
+    options = {k: v for k, v in vars(args).items() if k not in ("func", "command", "config", "overrides")}
+    if args.config:
+        options = merge(options, {k.replace("-", "_"): v for k, v in load_yaml(args.config).items()}, args.config)
+    sets = [item.split("=", 1)[0].replace("-", "_") + item[len(item.split("=", 1)[0]):] for item in args.overrides]
+    options = apply_overrides(options, sets, f"pipelines {source} --set")
+    return argparse.Namespace(**{**vars(args), **options})

@@ -88,7 +88,8 @@ def test_task_yaml_choices_match_the_code_that_reads_them():
 
 
 def test_tile_and_synth_take_config_and_set(tmp_path):
-    from pipelines.cli import _build_parser, apply_settings
+    from pipelines.cli import _build_parser
+    from pipelines.config import apply_settings
 
     config = write(tmp_path / "synth.yaml", "steps: 50\nn-blocks: 3\n")
     args = _build_parser().parse_args(["synth", "--images", "i", "--masks", "m", "--output", "o", "--steps", "7",
