@@ -5,7 +5,7 @@
     pipelines list [tasks|backbones|keys] [TASK]
     pipelines eval RUN_DIR [--data-root PATH] [--device ...] [--corruptions [--reference RUN_DIR]]
     pipelines export RUN_DIR [--output DIR] [--opset N]
-    pipelines export RUN_DIR --name NAME [--store DIR]
+    pipelines export RUN_DIR --name NAME [--store DIR] [--force]
     pipelines dashboard [RUNS_DIR ...] [--host ADDRESS] [--port N]
     pipelines app [--store DIR] [--host ADDRESS] [--port N]
     pipelines tile --model RUN_DIR|WEIGHTS INPUT... --output DIR [--tile N] [--overlap N]
@@ -73,6 +73,7 @@ def _build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--opset", type=int, default=18, help="ONNX opset (default: 18)")
     ex.add_argument("--name", help="model store entry to write: STORE/NAME/{model.safetensors,card.json,card.md}")
     ex.add_argument("--store", default="models", help="model store folder (default: models)")
+    ex.add_argument("--force", action="store_true", help="replace a store entry of the same name")
     ex.set_defaults(func=cmd_export)
 
     for name, page, help_text in (
@@ -335,7 +336,7 @@ def _export_to_store(args) -> int:
     if args.output:
         raise ConfigError("--output is for the ONNX export; with --name the model goes to --store DIR")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    folder = export_to_store(args.run_dir, args.name, args.store)
+    folder = export_to_store(args.run_dir, args.name, args.store, force=args.force)
     log.info("model %s with its card in %s; 'pipelines app --store %s' serves it", args.name, folder, args.store)
     print(folder.resolve(), flush=True)
     return 0

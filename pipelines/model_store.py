@@ -78,16 +78,19 @@ def _metrics(run_dir: Path) -> dict:
     return out
 
 
-def export_to_store(run_dir: str | Path, name: str, store: str | Path = "models") -> Path:
+def export_to_store(run_dir: str | Path, name: str, store: str | Path = "models", force: bool = False) -> Path:
     """Write a finished classification run's best model and its card to ``store/name``; returns the folder.
 
     The card is the model's spec (kind, classes, input, output) plus the run's metrics and the task's words
     on its data, use and limits. Written weights first, card last (each atomically): a folder with a card
-    always has its weights.
+    always has its weights. An existing entry of the same name is replaced only with ``force``.
     """
     from pipelines.runs import read_config
 
     run_dir, name = check_run_dir(run_dir), check_name(name)
+    if (Path(store) / name).exists() and not force:
+        raise ConfigError(f"model store entry {Path(store) / name} exists; pass --force to replace it or choose "
+                          "another --name")
     if not (run_dir / "metrics.json").is_file():
         raise ConfigError(f"{run_dir} has no metrics.json; let the run finish or run 'pipelines eval {run_dir}'")
     loaded = load_saved(run_dir)

@@ -137,6 +137,18 @@ def test_export_refuses_bad_names(trained_run, tmp_path, capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
+def test_export_twice_under_one_name_needs_force(trained_run, tmp_path, capsys):
+    args = ["export", str(trained_run), "--store", str(tmp_path), "--name", "twice"]
+    assert main(args) == 0
+    card = (tmp_path / "twice" / CARD).read_text()
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "twice exists; pass --force" in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "twice" / CARD).read_text() == card
+    assert main([*args, "--force"]) == 0
+
+
 def test_servers_bind_to_localhost_unless_told(monkeypatch, store):
     from pipelines import launch
 
