@@ -304,7 +304,7 @@ def cmd_export(args) -> int:
     if args.name:
         return _export_to_store(args)
     from pipelines.backbones.inference import fuse_batchnorm
-    from pipelines.backbones.onnx_export import export_onnx, onnx_model_card
+    from pipelines.backbones.onnx_export import export_onnx, onnx_model_card, onnx_opset
     from pipelines.core.io import write_json
     from pipelines.models import load_model
     from pipelines.runs import check_run_dir
@@ -318,8 +318,12 @@ def cmd_export(args) -> int:
     model, report = fuse_batchnorm(loaded.model)
     shape = (loaded.spec.input.channels, *loaded.spec.input.size)
     diff, scale = export_onnx(model, out / "model.onnx", shape, opset=args.opset)
+    written = onnx_opset(out / "model.onnx")
+    if written != args.opset:
+        log.info("note: --opset %d was asked for; the exporter wrote opset %d (model.json says so)",
+                 args.opset, written)
     write_json(out / "model.json", {
-        **card,
+        **card, "opset": written,
         "batchnorm_fused": report.before - report.after, "batchnorm_left": report.after,
         "parity": {"max_abs_diff": diff, "output_scale": scale, "input": "standard normal, batch 3"},
         "source_run": str(Path(args.run_dir).resolve()),

@@ -85,3 +85,12 @@ def test_export_command_writes_onnx_and_its_description(tmp_path, trained_run):
     assert meta["class_names"] == ["benign", "malignant"] and meta["input"]["shape"][1:] == [3, 64, 64]
     assert meta["batchnorm_fused"] > 0 and meta["parity"]["max_abs_diff"] < 1e-3
     assert (tmp_path / "out" / "model.onnx").stat().st_size > 1e6
+
+
+def test_model_json_says_the_opset_the_file_has(tmp_path, trained_run):
+    from pipelines.backbones.onnx_export import onnx_opset
+    from pipelines.cli import main
+
+    assert main(["export", str(trained_run), "--output", str(tmp_path), "--opset", "3"]) == 0
+    meta = json.loads((tmp_path / "model.json").read_text())
+    assert meta["opset"] == onnx_opset(tmp_path / "model.onnx") >= 18

@@ -21,7 +21,7 @@ from torch import nn
 from pipelines.core.errors import ConfigError, PipelinesError
 from pipelines.core.io import atomic_path
 
-__all__ = ["export_onnx", "OnnxRunner", "onnx_parity", "onnx_model_card", "PARITY_TOLERANCE"]
+__all__ = ["export_onnx", "OnnxRunner", "onnx_opset", "onnx_parity", "onnx_model_card", "PARITY_TOLERANCE"]
 
 PARITY_TOLERANCE = 1e-4
 
@@ -65,6 +65,14 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, int,
                 f"{scale:.2e} (tolerance {tolerance:.0e}); the file was not written"
             )
     return diff, scale
+
+
+def onnx_opset(path: str | Path) -> int:
+    """The default-domain opset the file was written with (the exporter may raise a lower request)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False)
+    return next(int(o.version) for o in graph.opset_import if o.domain in ("", "ai.onnx"))
 
 
 _MEANING = {
