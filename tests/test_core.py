@@ -10,7 +10,7 @@ from PIL import Image
 
 from pipelines.core.errors import DataError, one_line
 from pipelines.core.images import check_image_files, decode_image, image_size, read_image
-from pipelines.core.io import atomic_write_text, file_sha256
+from pipelines.core.io import atomic_link, atomic_write_text, file_sha256
 
 PACKAGE = Path(__file__).resolve().parents[1] / "pipelines"
 
@@ -93,3 +93,15 @@ def test_atomic_write_and_hash(tmp_path):
     assert (tmp_path / "a" / "b.txt").read_text() == "hello"
     assert file_sha256(tmp_path / "a" / "b.txt").startswith("2cf24dba")
     assert not list((tmp_path / "a").glob(".*.tmp"))
+
+
+def test_a_linked_file_keeps_its_content_when_the_source_is_rewritten(tmp_path):
+    """best.safetensors is linked to last.safetensors on an improved epoch; the next epoch's last must not
+    change the best one."""
+    last, best = tmp_path / "last", tmp_path / "best"
+    atomic_write_text(last, "epoch 1")
+    atomic_link(last, best)
+    atomic_write_text(last, "epoch 2")
+    assert best.read_text() == "epoch 1" and last.read_text() == "epoch 2"
+    atomic_link(last, best)
+    assert best.read_text() == "epoch 2" and not list(tmp_path.glob(".*.tmp"))

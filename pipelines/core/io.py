@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "write_json", "write_csv", "file_sha256"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_link", "write_json", "write_csv",
+           "file_sha256"]
 
 
 @contextlib.contextmanager
@@ -49,6 +50,19 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_link(source: str | Path, path: str | Path) -> None:
+    """``path`` becomes the same file as ``source`` (a hard link, renamed into place; a copy where the file
+    system has no links). Safe because every writer here replaces files by renaming, never in place: a later
+    write of ``source`` makes a new file and leaves ``path``'s content as it was."""
+    import shutil
+
+    with atomic_path(path) as tmp:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -27,7 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pipelines.core.device import Context
-from pipelines.core.io import write_csv
+from pipelines.core.io import atomic_link, write_csv
 from pipelines.engine.plots import plot_history
 from pipelines.training.data import autocast
 from pipelines.training.loggers import run_loggers
@@ -213,10 +213,12 @@ class Runner:
                 "best": improved, "seconds": seconds}
 
     def _commit(self, state: dict, history: list[dict], improved: bool) -> None:
-        """Weights, history, then the state: the state is the commit point a resume starts from."""
+        """Weights, history, then the state: the state is the commit point a resume starts from. An improved
+        epoch's best checkpoint is the last one's file, linked rather than serialised and written twice."""
+        last = self.ckpt / self.last_name
+        self.save(self.model, last)
         if improved:
-            self.save(self.model, self.ckpt / "best.safetensors")
-        self.save(self.model, self.ckpt / self.last_name)
+            atomic_link(last, self.ckpt / "best.safetensors")
         write_csv(self.run_dir / "history.csv", pd.DataFrame(history))
         save_state(self.ckpt / "last_state.pt", self._state(state))
 
