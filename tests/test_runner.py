@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import Dataset
 
+from pipelines.backbones import save_weights
 from pipelines.core.device import Context
 from pipelines.core.errors import ConfigError
 from pipelines.training import ClassifierKind, ImageKind, Runner, Settings, seed_everything
@@ -70,7 +71,7 @@ def _classifier(run_dir, epochs, kill=None, workers=0):
     kind = ClassifierKind(_net(3), nn.CrossEntropyLoss(), Noisy(24, 1), Noisy(9, 2), NAMES, 8, workers, 3, CPU,
                           show=False)
     return Runner(kind, Settings(epochs=epochs, monitor="balanced_accuracy", **SETTINGS), run_dir, CPU,
-                  callbacks=[Kill(kill)] if kill else []).fit()
+                  save=save_weights, callbacks=[Kill(kill)] if kill else []).fit()
 
 
 def _segmenter(run_dir, epochs, kill=None):
@@ -90,7 +91,7 @@ def _segmenter(run_dir, epochs, kill=None):
 
     kind = ImageKind(_net(1), loss, Noisy(20, 4, "mask"), 6, 0, 5, CPU, validate, target="mask")
     return Runner(kind, Settings(epochs=epochs, monitor="iou", **SETTINGS), run_dir, CPU,
-                  callbacks=[Kill(kill)] if kill else []).fit()
+                  save=save_weights, callbacks=[Kill(kill)] if kill else []).fit()
 
 
 @pytest.mark.parametrize("train", [_classifier, _segmenter], ids=["classifier", "segmenter"])
@@ -148,7 +149,7 @@ def test_warmup_as_long_as_the_run_is_clamped_not_trained_at_lr_zero(tmp_path, c
     kind = ClassifierKind(_net(3), nn.CrossEntropyLoss(), Noisy(16, 1), Noisy(6, 2), NAMES, 8, 0, 0, CPU,
                           show=False)
     settings = Settings(epochs=2, lr=0.1, warmup_epochs=5, monitor="loss")
-    history = Runner(kind, settings, tmp_path, CPU).fit()
+    history = Runner(kind, settings, tmp_path, CPU, save=save_weights).fit()
     assert "train.warmup_epochs=5 is not below train.epochs=2" in caplog.text
     assert history["lr"].iloc[0] > 0.01  # one warm-up epoch of two, then the cosine
 
@@ -190,7 +191,7 @@ def test_callbacks_see_every_row_and_two_optimizers_step(tmp_path):
 
     kind = TwoHeads()
     before = {k: v.clone() for k, v in kind.model.state_dict().items()}
-    Runner(kind, Settings(epochs=2, schedule="constant"), tmp_path, CPU, callbacks=[Recorder()],
+    Runner(kind, Settings(epochs=2, schedule="constant"), tmp_path, CPU, save=save_weights, callbacks=[Recorder()],
            cfg={"name": "x"}).fit()
     assert events == [("start", "x"), ("epoch", 1), ("epoch", 2), ("finish", tmp_path)]
     assert all(not torch.equal(before[k], v) for k, v in kind.model.state_dict().items())

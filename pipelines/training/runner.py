@@ -92,20 +92,20 @@ class Runner:
     row per ``step`` (the kind's logged values), the state, ``last_name`` and the history are written every
     ``checkpoint_every`` steps and at the end, and nothing is selected (no best checkpoint, no patience).
     ``checkpoint_dir`` (default ``run_dir/checkpoints``) holds ``last_state.pt`` and the weights.
+    ``save(model, path)`` writes a checkpoint; it is required so that every weights file a run writes carries
+    the model's spec (:func:`pipelines.models.checkpoint_saver`).
     """
 
-    def __init__(self, kind: Kind, settings: Settings, run_dir: Path, ctx: Context,
-                 save: Callable[[nn.Module, Path], None] | None = None, callbacks: Sequence[Callback] = (),
+    def __init__(self, kind: Kind, settings: Settings, run_dir: Path, ctx: Context, *,
+                 save: Callable[[nn.Module, Path], None], callbacks: Sequence[Callback] = (),
                  cfg: Mapping | None = None, desc: str = "epoch", checkpoint_dir: Path | None = None,
                  last_name: str = "last.safetensors", progress: bool = True, resume_hint: str | None = None):
-        from pipelines.backbones import save_weights
-
         self.kind, self.s, self.ctx = kind, settings, ctx
         self.run_dir = Path(run_dir)
         self.ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else self.run_dir / "checkpoints"
         self.last_name, self.resume_hint, self.steps = last_name, resume_hint, settings.unit == "step"
         self.show = progress and ctx.is_main
-        self.save, self.callbacks, self.cfg, self.desc = save or save_weights, list(callbacks), cfg or {}, desc
+        self.save, self.callbacks, self.cfg, self.desc = save, list(callbacks), cfg or {}, desc
         self.device = ctx.device
         self.model = kind.model
         self.net = self.model
