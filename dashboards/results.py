@@ -341,7 +341,7 @@ def compare_view(index: R.RunIndex, shown: pd.DataFrame) -> None:
             histories[run], problem = read("read_history", index.path(run))
             if problem:
                 st.warning(f"{run}: {problem}")
-    table = R.compare_metrics(metrics, split)
+    table = R.compare_metrics(metrics, split, index.metrics)
     if table.empty:
         st.info(f"None of these runs has {split} metrics yet.")
     else:

@@ -118,6 +118,7 @@ def test_shared_layers_keep_no_list_of_headline_metrics(path):
 
 # --- a run of every task at its smallest settings ------------------------------------------------------------
 
+@pytest.mark.slow
 def test_the_run_folder_is_complete(smoke):
     name, task, run_dir, metrics = smoke
     trained = task.member_folders(runs.read_config(run_dir), run_dir) if isinstance(task, SupportsMembers) \
@@ -160,6 +161,7 @@ def _same(a, b, where: str) -> None:
         assert a == b, where
 
 
+@pytest.mark.slow
 def test_evaluating_again_gives_the_same_metrics(smoke):
     from pipelines.cli import main
 
@@ -189,6 +191,7 @@ def _forward(loaded) -> torch.Tensor:
         return out["out"] if isinstance(out, dict) else out
 
 
+@pytest.mark.slow
 def test_the_model_loads_from_its_header_and_runs(smoke):
     name, _, run_dir, _ = smoke
     loaded = load_model(run_dir)  # no config, metrics or task module read
@@ -200,6 +203,7 @@ def test_the_model_loads_from_its_header_and_runs(smoke):
     assert torch.equal(out, _forward(load_model(run_dir / runs.BEST_WEIGHTS)))
 
 
+@pytest.mark.slow
 def test_dashboards_and_model_store_use_the_headline(smoke, tmp_path):
     from pipelines.model_store import export_to_store
 

@@ -190,10 +190,12 @@ def _multilabel_mistakes(predictions: pd.DataFrame) -> pd.DataFrame:
 
 # --- comparing runs ----------------------------------------------------------------------------------------
 
-def compare_metrics(metrics_by_run: Mapping[str, Mapping | None], split: str = "test") -> pd.DataFrame:
-    """One row per headline metric of the runs' tasks (``info.task`` of metrics.json), one column per run
-    (NaN where a run lacks it)."""
-    headline = headline_union(_mapping(_mapping(m).get("info")).get("task") for m in metrics_by_run.values())
+def compare_metrics(metrics_by_run: Mapping[str, Mapping | None], split: str = "test",
+                    headline: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per ``headline`` metric (default: the headline metrics of the runs' tasks, ``info.task`` of
+    metrics.json), one column per run (NaN where a run lacks it); metrics no run has are left out."""
+    if headline is None:
+        headline = headline_union(_mapping(_mapping(m).get("info")).get("task") for m in metrics_by_run.values())
     columns = {}
     for run, metrics in metrics_by_run.items():
         values = _mapping(_mapping(metrics).get(split))
