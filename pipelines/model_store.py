@@ -220,8 +220,11 @@ def card_markdown(card: dict) -> str:
         if shown:
             lines.append(f"- {split} (n={m.get('n', '?')}): " + ", ".join(shown))
     sel = card["metrics"].get("selection", {})
-    if sel:
-        lines.append(f"- Checkpoint: epoch {sel.get('selected_epoch')} selected on {sel.get('monitor')}")
+    if sel.get("selected_epoch") is not None:
+        lines.append(f"- Checkpoint: epoch {sel['selected_epoch']} selected on {sel.get('monitor')}")
+    elif sel:  # an ensemble: each member selected its own epoch
+        protocol = f"; {sel['protocol']}" if sel.get("protocol") else ""
+        lines.append(f"- Checkpoints selected on {sel.get('monitor')}{protocol}")
     lines += ["", "## Intended use", "", card["intended_use"], "", "## Limitations", ""]
     lines += [f"- {item}" for item in card["limitations"]]
     return "\n".join(lines) + "\n"

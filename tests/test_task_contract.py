@@ -71,6 +71,16 @@ def test_defaults_parse_and_validate_with_the_demo_and_smoke_settings(name):
     assert smoke["train"]["epochs"] == 1
 
 
+def test_a_task_is_registered_by_its_module_and_yaml_pair(tmp_path):
+    from pipelines.tasks import discover
+
+    for name in ("base.yaml", "alpha.py", "alpha.yaml", "helper.py", "orphan.yaml"):
+        (tmp_path / name).write_text("")
+    assert discover(tmp_path, "pkg") == {"alpha": "pkg.alpha"}
+    assert discover(PACKAGE / "tasks", "pipelines.tasks") == TASKS
+    assert set(TASKS) == {"breakhis", "buildings", "dfu", "medmnist", "toc3d"}
+
+
 def test_a_module_missing_pieces_is_one_line_naming_them():
     fake = types.ModuleType("pipelines.tasks.fake")
     for piece in members(Task):

@@ -23,13 +23,18 @@ from types import ModuleType
 from pipelines.core.errors import ConfigError
 from pipelines.tasks.contract import check_task
 
-__all__ = ["TASKS", "get_task", "headline"]
+__all__ = ["TASKS", "discover", "get_task", "headline"]
 
-_FOLDER = Path(__file__).parent
 
-TASKS = {p.stem: f"{__name__}.{p.stem}" for p in sorted(_FOLDER.glob("*.yaml"))
-         if p.stem != "base" and p.with_suffix(".py").is_file()}
-"""Task name -> module, found as ``NAME.py`` + ``NAME.yaml`` pairs (``base.yaml`` is the shared base)."""
+def discover(folder: Path, package: str) -> dict[str, str]:
+    """Task name -> module for each ``NAME.py`` + ``NAME.yaml`` pair in ``folder``, by name (``base.yaml`` is
+    the shared base, a module without a YAML a helper)."""
+    return {p.stem: f"{package}.{p.stem}" for p in sorted(Path(folder).glob("*.yaml"))
+            if p.stem != "base" and p.with_suffix(".py").is_file()}
+
+
+TASKS = discover(Path(__file__).parent, __name__)
+"""Every registered task: the pairs in this folder."""
 
 _CHECKED: set[str] = set()
 
