@@ -35,7 +35,7 @@ class CardFacts(TypedDict):
 
     colour: str  # "rgb" or "grey": how an uploaded image is decoded for this model
     training_data: str  # the data set, its split and its counts, in one sentence
-    intended_use: str  # who may use it for what (never diagnosis)
+    intended_use: str  # who may use it for what, and what not (diagnosis, driving)
     limitations: list[str]  # what shifts or breaks it, one sentence each
 
 
@@ -76,7 +76,8 @@ class Task(Protocol):
         Called before the run folder exists, so bad data leaves nothing behind."""
 
     def train(self, cfg: Mapping, run_dir: Path, ctx: Context, data: Any = None) -> None:
-        """Write split.csv, train through the one Runner (resuming from the run's last state), then evaluate."""
+        """Write split.csv, train the task's model kind (:mod:`pipelines.training`) through the one Runner,
+        resuming from the run's last state, then evaluate."""
 
     def evaluate(self, cfg: Mapping, run_dir: Path, ctx: Context, data: Any = None) -> dict:
         """Score the best checkpoint on val and test: metrics.json (``val``, ``test``, ``info``), the
