@@ -118,7 +118,7 @@ def sidebar(index: R.RunIndex) -> tuple[pd.DataFrame, str | None]:
     table = index.table
     st.sidebar.header("Runs")
     tasks = st.sidebar.multiselect("Task", sorted(table["task"].dropna().unique()), key="tasks")
-    metrics = [m for m in R.METRICS if table[m].notna().any()]
+    metrics = [m for m in index.metrics if table[m].notna().any()]
     sort_by = st.sidebar.selectbox("Sort by (test)", ["newest", *metrics], key="sort_by")
     shown = R.filter_runs(table, tasks, None if sort_by == "newest" else sort_by)
     run = st.sidebar.selectbox("Run", list(shown["run"]), key="run", bind="query-params")
@@ -126,11 +126,11 @@ def sidebar(index: R.RunIndex) -> tuple[pd.DataFrame, str | None]:
     return shown, run
 
 
-def runs_view(shown: pd.DataFrame) -> None:
+def runs_view(shown: pd.DataFrame, headline: list[str]) -> None:
     st.subheader("Runs")
     st.caption("Pick a run in the sidebar; the Run detail tab shows it. Metrics are on the test split.")
     view = shown.assign(data=shown["demo"].map({True: "SYNTHETIC demo", False: ""}))
-    metrics = [m for m in R.METRICS if view[m].notna().any()]
+    metrics = [m for m in headline if view[m].notna().any()]
     columns = ["run", "task", "backbone", "dataset", "data", "finished", "selected_epoch", *metrics, "mtime"]
     config = {m: st.column_config.NumberColumn(m, format="%.4f") for m in metrics}
     config["mtime"] = st.column_config.DatetimeColumn("last written", format="YYYY-MM-DD HH:mm")
@@ -153,7 +153,8 @@ def run_detail(run_dir: Path, label: str) -> None:
     with warn_on_bad_files():
         curves_section(run_dir, info.get("selected_epoch"))
     if metrics is not None:
-        evaluation_section(metrics)
+        task = (cfg.get("run") or {}).get("task") or info.get("task")
+        evaluation_section(metrics, R.headline(task))
     elif not (run_dir / R.METRICS_FILE).is_file():
         st.info("No metrics.json yet: the run is still training or was stopped. "
                 f"`pipelines eval {run_dir}` evaluates its best checkpoint.")
@@ -192,7 +193,7 @@ def curves_section(run_dir: Path, selected_epoch: int | None) -> None:
         st.caption(f"Dashed line: the selected (best on validation) epoch, {selected_epoch}.")
 
 
-def evaluation_section(metrics: dict) -> None:
+def evaluation_section(metrics: dict, headline: tuple[str, ...]) -> None:
     splits = [s for s in ("test", "val") if isinstance(metrics.get(s), dict) and metrics[s]]
     if not splits:
         st.info("metrics.json holds no evaluated split.")
@@ -200,7 +201,7 @@ def evaluation_section(metrics: dict) -> None:
     split_name = st.radio("Split", splits, horizontal=True, key="detail_split")
     split = metrics[split_name]
     st.markdown(f"#### Metrics ({split_name}, n = {split.get('n', '?')})")
-    st.table(metrics_with_intervals(R.metric_summary(split)))
+    st.table(metrics_with_intervals(R.metric_summary(split, headline)))
     confusion_section(split)
     per_class = R.per_class_table(split)
     if per_class is not None:
@@ -340,7 +341,7 @@ def compare_view(index: R.RunIndex, shown: pd.DataFrame) -> None:
             histories[run], problem = read("read_history", index.path(run))
             if problem:
                 st.warning(f"{run}: {problem}")
-    table = R.compare_metrics(metrics, split)
+    table = R.compare_metrics(metrics, split, index.metrics)
     if table.empty:
         st.info(f"None of these runs has {split} metrics yet.")
     else:
@@ -352,7 +353,7 @@ def compare_view(index: R.RunIndex, shown: pd.DataFrame) -> None:
         show(line_chart(R.compare_curves(histories, column), "epoch:Q", "value:Q", "run:N", "epoch", column))
 
 
-def speed_view(roots: list[Path], runs: pd.DataFrame) -> None:
+def speed_view(roots: list[Path], runs: pd.DataFrame, headline: list[str]) -> None:
     st.subheader("Speed vs accuracy")
     benchmarks, problems = R.load_benchmarks(roots)
     for problem in problems:
@@ -363,7 +364,7 @@ def speed_view(roots: list[Path], runs: pd.DataFrame) -> None:
         return
     st.caption("Throughput: images/s of each backbone's fastest mode (" + ", ".join(
         sorted({Path(s).name for s in benchmarks["source"]})) + ").")
-    metrics = [m for m in R.METRICS if runs[m].notna().any()]
+    metrics = [m for m in headline if runs[m].notna().any()]
     joined = pd.DataFrame()
     if metrics:
         metric = st.selectbox("Accuracy metric (test)", metrics, key="speed_metric")
@@ -401,7 +402,7 @@ def main() -> None:
     tabs = dict(zip(VIEWS, st.tabs(list(VIEWS), key="view", bind="query-params"), strict=True))
     with tabs["Runs"]:
         if tabs["Runs"].open:
-            runs_view(shown)
+            runs_view(shown, index.metrics)
     with tabs["Run detail"]:
         if tabs["Run detail"].open:
             if run is None:
@@ -413,7 +414,7 @@ def main() -> None:
             compare_view(index, shown)
     with tabs["Speed vs accuracy"]:
         if tabs["Speed vs accuracy"].open:
-            speed_view(roots, index.table)
+            speed_view(roots, index.table, index.metrics)
 
 
 main()

@@ -93,7 +93,7 @@ def _build_parser() -> argparse.ArgumentParser:
                         "resumable; optional GeoJSON footprints")
     tl.add_argument("inputs", nargs="+", metavar="INPUT", help="GeoTIFF files or folders of them")
     tl.add_argument("--model", required=True, metavar="RUN_DIR|WEIGHTS",
-                    help="a buildings run folder or a segmentation .safetensors file")
+                    help="a segmentation run folder or its .safetensors file")
     tl.add_argument("--output", required=True, metavar="DIR", help="folder for NAME.tif, NAME.geojson, manifest.json")
     tl.add_argument("--tile", type=int, help="window side in pixels, a multiple of 32 (default: the model's)")
     tl.add_argument("--overlap", type=int, default=64, help="pixels shared by neighbouring windows (default: 64)")
@@ -267,8 +267,9 @@ def _robustness(task, cfg: dict, run_dir: Path, reference: str | None, device) -
     from pipelines.engine.robustness import relative_errors, robustness_table, write_robustness
     from pipelines.models import load_model
     from pipelines.runs import check_run_dir, read_config
+    from pipelines.tasks.contract import SupportsRobustness
 
-    if not hasattr(task, "robustness_data"):
+    if not isinstance(task, SupportsRobustness):
         raise ConfigError(f"{cfg['run']['task']} runs have no corruption evaluation")
     data = task.robustness_data(cfg, run_dir)
     seed = int(cfg["seed"])
@@ -425,10 +426,10 @@ def cmd_list(args) -> int:
             print(f"  {entry.name:24s} {entry.family}{size}")
     if args.what == "keys":
         if not args.task:
-            raise ConfigError("'pipelines list keys' needs a task, e.g. pipelines list keys breakhis")
+            raise ConfigError(f"'pipelines list keys' needs a task, e.g. pipelines list keys {next(iter(TASKS))}")
         from pipelines.config import defaults_text
 
-        print(defaults_text(Path(get_task(args.task).__file__).with_suffix(".yaml")), end="")
+        print(defaults_text(get_task(args.task).DEFAULTS), end="")
     return 0
 
 

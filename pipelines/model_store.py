@@ -30,7 +30,7 @@ __all__ = ["WEIGHTS", "CARD", "StoredModel", "export_to_store", "list_models", "
 WEIGHTS, CARD, CARD_MD = "model.safetensors", "card.json", "card.md"
 NOTICE = "Research use only. Not a medical device: not for diagnosis or treatment decisions."
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_HEADLINE = ("n", "accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "acc", "auc")
+_DETAIL = ("n", "ci95", "per_class")  # what a card keeps beside the task's headline metrics
 
 
 @dataclass
@@ -61,12 +61,14 @@ def check_name(name: str) -> str:
     return name
 
 
-def _metrics(run_dir: Path) -> dict:
+def _metrics(run_dir: Path, headline: tuple[str, ...]) -> dict:
+    """The task's headline metrics of val and test (with n, intervals and per-class scores) and how the
+    checkpoint was selected."""
     metrics = json.loads((run_dir / "metrics.json").read_text())
     out = {}
     for split in ("val", "test"):
         m = metrics.get(split) or {}
-        head = {k: m[k] for k in _HEADLINE if isinstance(m.get(k), int | float)}
+        head = {k: m[k] for k in ("n", *headline) if isinstance(m.get(k), int | float)}
         if m.get("ci95"):
             head["ci95"] = m["ci95"]
         if m.get("per_class"):
@@ -100,10 +102,8 @@ def export_to_store(run_dir: str | Path, name: str, store: str | Path = "models"
                           "(segmenters serve through 'pipelines tile --model RUN_DIR')")
     cfg = read_config(run_dir)
     task = get_task(spec.task or cfg.get("run", {}).get("task", ""))
-    if not hasattr(task, "card_facts"):
-        raise ConfigError(f"{spec.task} runs cannot go to the model store yet (no model card facts)")
     facts = task.card_facts(cfg, run_dir)
-    metrics = _metrics(run_dir)
+    metrics = _metrics(run_dir, task.HEADLINE)
     folder = Path(store) / name
     save_model(loaded.model, spec, folder / WEIGHTS)
     size = spec.input.size[0]
@@ -215,12 +215,16 @@ def card_markdown(card: dict) -> str:
     for split in ("test", "val"):
         m = card["metrics"].get(split) or {}
         ci = m.get("ci95", {})
-        shown = [f"{k} {_fmt(m[k], ci.get(k))}" for k in _HEADLINE[1:] if k in m]
+        shown = [f"{k} {_fmt(v, ci.get(k))}" for k, v in m.items()
+                 if k not in _DETAIL and isinstance(v, int | float)]
         if shown:
             lines.append(f"- {split} (n={m.get('n', '?')}): " + ", ".join(shown))
     sel = card["metrics"].get("selection", {})
-    if sel:
-        lines.append(f"- Checkpoint: epoch {sel.get('selected_epoch')} selected on {sel.get('monitor')}")
+    if sel.get("selected_epoch") is not None:
+        lines.append(f"- Checkpoint: epoch {sel['selected_epoch']} selected on {sel.get('monitor')}")
+    elif sel:  # an ensemble: each member selected its own epoch
+        protocol = f"; {sel['protocol']}" if sel.get("protocol") else ""
+        lines.append(f"- Checkpoints selected on {sel.get('monitor')}{protocol}")
     lines += ["", "## Intended use", "", card["intended_use"], "", "## Limitations", ""]
     lines += [f"- {item}" for item in card["limitations"]]
     return "\n".join(lines) + "\n"

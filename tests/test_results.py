@@ -132,7 +132,7 @@ def test_runs_table_summarises_finished_and_unfinished_runs(tmp_path):
     assert index.path("breakhis/demo") == finished
     row = table.loc["breakhis/train"]
     assert not row["finished"] and not row["demo"] and row["backbone"] == "efficientvit_m0"
-    assert table.loc["breakhis/train", list(R.METRICS)].isna().all()
+    assert table.loc["breakhis/train", index.metrics].isna().all()
     row = table.loc["medmnist/demo"]
     assert (row["dataset"], row["acc"], row["auc"]) == ("breastmnist", 0.7, 0.8)
     assert np.isnan(row["roc_auc"]) and np.isnan(row["balanced_accuracy"])  # null and NaN are not numbers shown
@@ -223,7 +223,7 @@ def test_confusion_matrix_counts_and_row_normalised(tmp_path):
 
 def test_metrics_with_intervals_per_class_and_breakdowns(tmp_path):
     split = R.load_metrics(write_classification_run(tmp_path, accuracy=0.8))["test"]
-    summary = R.metric_summary(split).set_index("metric")
+    summary = R.metric_summary(split, R.headline("breakhis")).set_index("metric")
     assert list(summary.index) == ["accuracy", "balanced_accuracy", "macro_f1", "roc_auc"]
     assert summary.loc["accuracy"].tolist() == pytest.approx([0.8, 0.7, 0.9])
     assert np.isnan(summary.loc["roc_auc", "ci95_low"])
@@ -238,7 +238,7 @@ def test_metrics_with_intervals_per_class_and_breakdowns(tmp_path):
 
 def test_medmnist_official_metrics_and_their_intervals():
     split = {"accuracy": 0.8, "acc": 0.8, "auc": 0.91, "ci95": {"acc": [0.7, 0.9], "auc": [0.85, 0.95]}}
-    summary = R.metric_summary(split).set_index("metric")
+    summary = R.metric_summary(split, R.headline("medmnist")).set_index("metric")
     assert summary.loc["auc"].tolist() == [0.91, 0.85, 0.95]
 
 

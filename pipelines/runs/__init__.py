@@ -20,8 +20,8 @@ from pipelines.runs.folder import (
 from pipelines.runs.images import load_images, resolve_data_path
 from pipelines.runs.index import RunIndex, filter_runs, find_runs, run_stamp, runs_table
 from pipelines.runs.read import (
-    METRICS, RunFileError, is_multilabel, load_ablation, load_config, load_history, load_metrics, load_predictions,
-    load_tiles, overlay_paths, prediction_classes, read_history,
+    RunFileError, headline, headline_union, is_multilabel, load_ablation, load_config, load_history, load_metrics,
+    load_predictions, load_tiles, overlay_paths, prediction_classes, read_history,
 )
 from pipelines.runs.robustness import (
     load_relative_robustness, load_robustness, load_robustness_summary, robustness_curves, robustness_heatmap,
@@ -39,7 +39,7 @@ __all__ = [
     # writing
     "create_run_dir", "write_config", "read_config", "write_environment", "check_run_dir",
     # reading
-    "METRICS", "RunFileError", "RunIndex", "find_runs", "run_stamp", "runs_table", "filter_runs",
+    "headline", "headline_union", "RunFileError", "RunIndex", "find_runs", "run_stamp", "runs_table", "filter_runs",
     "load_config", "load_metrics", "read_history", "load_history", "load_predictions", "training_curves",
     "metric_summary", "breakdown_tables", "confusion_matrix", "per_class_table", "is_multilabel",
     "prediction_classes", "roc_curves", "pr_curves", "confident_mistakes", "load_images", "resolve_data_path",

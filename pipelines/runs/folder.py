@@ -13,7 +13,7 @@ Layout (every name below is a constant of this module; writers and readers both 
       plots/             confusion_matrix.png, training_curves.png, overlays/*.png (segmentation)
       robustness.csv, robustness_relative.csv, robustness.json   ``pipelines eval --corruptions``
       tiles.csv          segmentation runs: one row per evaluated tile
-      ablation.csv       toc3d runs: one row per token-compression setting
+      ablation.csv       token-compression detection runs: one row per compression setting
 
 Every file is written atomically (temporary file + rename), so a killed run never leaves a half file.
 """

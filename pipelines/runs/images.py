@@ -1,9 +1,10 @@
 """The test images behind rows of ``predictions.csv`` (the dashboards' gallery of confident mistakes).
 
 Rows with a ``path`` column are image files relative to the config's ``data.root``: read here. Rows with
-an ``index`` column point into a data set only the task knows how to read (MedMNIST's npz): the task
-module named in the config supplies ``test_images(cfg, run_dir, indices) -> list[array]``, looked up
-lazily by name, so this package names no task.
+an ``index`` column point into a data set only the task knows how to read (arrays in an npz): the task
+module named in the config supplies ``test_images(cfg, run_dir, indices) -> list[array]`` (the optional
+:class:`~pipelines.tasks.contract.SupportsTestImages` piece of the task contract), looked up lazily by
+name, so this package names no task.
 """
 
 from __future__ import annotations
@@ -75,12 +76,13 @@ def _images_from_files(run_dir: Path, paths: pd.Series, cfg: Mapping, max_side: 
 
 def _images_from_task(run_dir: Path, indices: Sequence[int], cfg: Mapping, max_side: int) -> Images:
     from pipelines.tasks import get_task
+    from pipelines.tasks.contract import SupportsTestImages
 
     name = str(_mapping(cfg.get("run")).get("task"))
-    hook = getattr(get_task(name), "test_images", None)
-    if hook is None:
+    task = get_task(name)
+    if not isinstance(task, SupportsTestImages):
         return [None] * len(indices), f"images not available: task {name} has no test_images(cfg, run_dir, indices)"
-    return [_thumbnail(image, max_side) for image in hook(cfg, run_dir, indices)], None
+    return [_thumbnail(image, max_side) for image in task.test_images(cfg, run_dir, indices)], None
 
 
 def _thumbnail(image: np.ndarray, max_side: int) -> np.ndarray:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipelines.runs.folder import BENCHMARKS, CHECKPOINTS, CONFIG, METRICS_FILE, PLOTS
-from pipelines.runs.read import METRICS, RunFileError, _mapping, _number, load_config, load_metrics
+from pipelines.runs.read import RunFileError, _mapping, _number, headline_union, load_config, load_metrics
 
 __all__ = ["RunIndex", "find_runs", "run_stamp", "runs_table", "filter_runs"]
 
@@ -62,36 +62,44 @@ def run_stamp(run_dir: str | Path) -> float:
 
 @dataclass
 class RunIndex:
-    """The runs table (one row per run folder, ``run`` a unique label) and one line per unreadable file."""
+    """The runs table (one row per run folder, ``run`` a unique label), its headline metric columns (the
+    runs' tasks' ``HEADLINE``, in display order) and one line per unreadable file."""
 
     table: pd.DataFrame
     problems: list[str] = field(default_factory=list)
+    metrics: list[str] = field(default_factory=list)
 
     def path(self, run: str) -> Path:
         return Path(self.table.set_index("run").at[run, "path"])
 
 
-RUN_COLUMNS = ("run", "task", "name", "backbone", "demo", "dataset", "selected_epoch", "finished",
-               *METRICS, "mtime", "path")
+RUN_COLUMNS = ("run", "task", "name", "backbone", "demo", "dataset", "selected_epoch", "finished", "mtime", "path")
+"""The columns of every runs table; the headline metric columns go between ``finished`` and ``mtime``."""
 
 
 def runs_table(run_dirs: Sequence[str | Path]) -> RunIndex:
     """Summarise every run: task, name, backbone, demo flag, data set, selected epoch, whether it finished
-    (has ``metrics.json``), the test metrics that are numbers, and when it last wrote a file."""
-    rows, problems = [], []
+    (has ``metrics.json``), its test metrics among the runs' tasks' headline metrics (NaN where not a number),
+    and when it last wrote a file."""
+    rows, tests, problems = [], [], []
     for run_dir in map(Path, run_dirs):
-        row, run_problems = _summarise(run_dir)
+        row, test, run_problems = _summarise(run_dir)
         rows.append(row)
+        tests.append(test)
         problems += run_problems
-    table = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
+    metrics = headline_union(row["task"] for row in rows)
+    for row, test in zip(rows, tests, strict=True):
+        row.update({m: _number(test.get(m)) for m in metrics})
+    columns = [*RUN_COLUMNS[:-2], *metrics, *RUN_COLUMNS[-2:]]
+    table = pd.DataFrame(rows, columns=columns)
     table["run"] = _unique_labels(table)
-    for metric in METRICS:
+    for metric in metrics:
         table[metric] = pd.to_numeric(table[metric], errors="coerce")
     table["mtime"] = pd.to_datetime([datetime.fromtimestamp(t) for t in table["mtime"]])  # local time
-    return RunIndex(table, problems)
+    return RunIndex(table, problems, metrics)
 
 
-def _summarise(run_dir: Path) -> tuple[dict, list[str]]:
+def _summarise(run_dir: Path) -> tuple[dict, dict, list[str]]:
     label = f"{run_dir.parent.name}/{run_dir.name}"
     problems = []
     cfg = metrics = {}
@@ -114,11 +122,10 @@ def _summarise(run_dir: Path) -> tuple[dict, list[str]]:
         "dataset": info.get("dataset") or data.get("dataset"),
         "selected_epoch": info.get("selected_epoch"),
         "finished": (run_dir / METRICS_FILE).is_file(),
-        **{m: _number(test.get(m)) for m in METRICS},
         "mtime": run_stamp(run_dir),
         "path": str(run_dir),
     }
-    return row, problems
+    return row, test, problems
 
 
 def _unique_labels(table: pd.DataFrame) -> list[str]:

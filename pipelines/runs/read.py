@@ -19,13 +19,22 @@ from pipelines.core.errors import DataError
 from pipelines.runs.folder import ABLATION, CONFIG, HISTORY, METRICS_FILE, OVERLAYS, PREDICTIONS, TILES
 
 __all__ = [
-    "METRICS", "RunFileError", "load_config", "load_metrics", "read_history", "load_history", "load_predictions",
+    "headline", "headline_union", "RunFileError", "load_config", "load_metrics", "read_history", "load_history", "load_predictions",
     "prediction_classes", "is_multilabel", "load_tiles", "overlay_paths", "load_ablation",
 ]
 
-METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "acc", "auc", "iou", "map", "nds")
-"""Headline test metrics, in display order (``acc``/``auc``: MedMNIST's official ACC and AUC; ``iou``: the
-foreground class's IoU of segmentation runs; ``map``/``nds``: nuScenes detection, over all 10 classes)."""
+def headline(task: str | None) -> tuple[str, ...]:
+    """The metric keys that sum up a run of ``task``, in display order: the task's own ``HEADLINE`` (task
+    contract), so this package names no metric of any task; none for a task this install does not have."""
+    from pipelines.tasks import headline as task_headline
+
+    return task_headline(task)
+
+
+def headline_union(tasks: Iterable[str | None]) -> list[str]:
+    """The headline metrics of several tasks' runs, each once, in the tasks' display orders (tasks sorted)."""
+    names = sorted({t for t in tasks if isinstance(t, str)})
+    return list(dict.fromkeys(m for t in names for m in headline(t)))
 
 
 class RunFileError(DataError):
@@ -174,8 +183,8 @@ ABLATION_COLUMNS = ("setting", "backbone_ms", "model_ms", "map", "nds", "gt_toke
 
 
 def load_ablation(run_dir: str | Path) -> pd.DataFrame | None:
-    """``ablation.csv`` of a toc3d run: one trained detector per compression setting (latency medians,
-    mAP, NDS, share of ground-truth-box tokens that took the full path)."""
+    """``ablation.csv`` of a token-compression detection run: one trained detector per compression setting
+    (latency medians, mAP, NDS, share of ground-truth-box tokens that took the full path)."""
     path = Path(run_dir) / ABLATION
     frame = _read_csv(path, ["setting"])
     return None if frame is None else _require(frame, ABLATION_COLUMNS, path)

@@ -4,12 +4,12 @@ side by side. Pure functions of frames and mappings, so notebooks can use them t
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from pipelines.runs.read import METRICS, RunFileError, _mapping, _number, is_multilabel, prediction_classes
+from pipelines.runs.read import RunFileError, _mapping, _number, headline_union, is_multilabel, prediction_classes
 
 __all__ = [
     "training_curves", "metric_summary", "breakdown_tables", "confusion_matrix", "per_class_table", "roc_curves",
@@ -38,12 +38,12 @@ def training_curves(history: pd.DataFrame) -> pd.DataFrame:
     return long.dropna(subset=["value"])
 
 
-def metric_summary(split: Mapping) -> pd.DataFrame:
-    """The split's headline metrics that are numbers, with their bootstrap 95% interval where stored:
-    columns ``metric, value, ci95_low, ci95_high``."""
+def metric_summary(split: Mapping, headline: Sequence[str]) -> pd.DataFrame:
+    """The split's ``headline`` metrics (the run's task's, :func:`~pipelines.runs.headline`) that are numbers,
+    with their bootstrap 95% interval where stored: columns ``metric, value, ci95_low, ci95_high``."""
     ci = _mapping(split.get("ci95"))
     rows = []
-    for metric in METRICS:
+    for metric in headline:
         value = _number(split.get(metric))
         if value is None:
             continue
@@ -190,13 +190,17 @@ def _multilabel_mistakes(predictions: pd.DataFrame) -> pd.DataFrame:
 
 # --- comparing runs ----------------------------------------------------------------------------------------
 
-def compare_metrics(metrics_by_run: Mapping[str, Mapping | None], split: str = "test") -> pd.DataFrame:
-    """One row per headline metric, one column per run (NaN where a run lacks it)."""
+def compare_metrics(metrics_by_run: Mapping[str, Mapping | None], split: str = "test",
+                    headline: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per ``headline`` metric (default: the headline metrics of the runs' tasks, ``info.task`` of
+    metrics.json), one column per run (NaN where a run lacks it); metrics no run has are left out."""
+    if headline is None:
+        headline = headline_union(_mapping(_mapping(m).get("info")).get("task") for m in metrics_by_run.values())
     columns = {}
     for run, metrics in metrics_by_run.items():
         values = _mapping(_mapping(metrics).get(split))
-        columns[run] = {m: _number(values.get(m)) for m in METRICS}
-    table = pd.DataFrame(columns, index=pd.Index(METRICS, name="metric"), dtype=float)
+        columns[run] = {m: _number(values.get(m)) for m in headline}
+    table = pd.DataFrame(columns, index=pd.Index(headline, name="metric"), dtype=float)
     return table.dropna(how="all")
 
 

@@ -28,6 +28,7 @@ from pipelines.engine.classification import (
 )
 from pipelines.engine.classification import summary_lines as summary_lines  # the task's headline
 from pipelines.engine.robustness import RobustnessData
+from pipelines.runs import PREDICTIONS as PREDICTIONS  # predictions.csv: one row per test image
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,18 @@ DEMO_OVERRIDES = {
     "train.patience": 10,
 }
 
+# The contract test's run (over DEMO_OVERRIDES, on prepare_demo(small=True)): every step, in seconds.
+SMOKE_OVERRIDES = {
+    "data.image_size": 32,
+    "train.epochs": 1,
+    "train.warmup_epochs": 0,
+    "train.batch_size": 16,
+    "eval.bootstrap": 20,
+}
+
+# image-level scores; the patient-level and per-magnification ones sit beside them in metrics.json
+HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")
+
 DEFAULTS = Path(__file__).with_name("breakhis.yaml")  # choices and ranges are declared beside each key
 
 
@@ -62,8 +75,12 @@ def validate(cfg: Mapping) -> None:
         raise DataError("data.split=folds needs data.folds_csv=PATH to the Folds.csv file")
 
 
-def prepare_demo(data_dir: Path) -> Path:
-    """Write (once) the synthetic demo tree; returns the data root to use."""
+def prepare_demo(data_dir: Path, small: bool = False) -> Path:
+    """Write (once) the synthetic demo tree; returns the data root to use. ``small``: 2 patients per
+    subtype, one image per magnification (64 images)."""
+    if small:
+        return write_demo_breakhis(Path(data_dir) / "breakhis_small", patients_per_subtype=2,
+                                   images_per_magnification=1)
     return write_demo_breakhis(Path(data_dir) / "breakhis")
 
 

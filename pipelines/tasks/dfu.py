@@ -38,6 +38,7 @@ from pipelines.engine.ensemble import predict_members, select_pseudo_labels, sof
 from pipelines.engine.metrics import classification_metrics
 from pipelines.engine.plots import plot_confusion_matrix, save_png
 from pipelines.models import save_ensemble
+from pipelines.runs import PREDICTIONS as PREDICTIONS  # predictions.csv: one row per test image
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,23 @@ DEMO_OVERRIDES = {
     "synth.n_blocks": 3,
     "eval.bootstrap": 200,
 }
+
+# The contract test's run (over DEMO_OVERRIDES, on prepare_demo(small=True)): every stage, in seconds.
+SMOKE_OVERRIDES = {
+    "data.image_size": 32,
+    "model.backbones": "[efficientnet_b0]",
+    "train.epochs": 1,
+    "train.warmup_epochs": 0,
+    "pseudo.threshold": 0.3,
+    "synth.size": 32,
+    "synth.steps": 2,
+    "synth.ngf": 8,
+    "synth.n_blocks": 1,
+    "synth.ratio": 0.5,
+    "eval.bootstrap": 20,
+}
+
+HEADLINE = ("macro_f1", "accuracy", "balanced_accuracy", "roc_auc")  # macro-F1: the challenge's metric
 
 DEFAULTS = Path(__file__).with_name("dfu.yaml")  # choices and ranges are declared beside each key
 
@@ -97,8 +115,12 @@ def validate(cfg: Mapping) -> None:
                               "or set synth.generator=null to train it in this run")
 
 
-def prepare_demo(data_dir: Path) -> Path:
-    """Write (once) the synthetic DFUC2021-layout demo; returns the data root to use."""
+def prepare_demo(data_dir: Path, small: bool = False) -> Path:
+    """Write (once) the synthetic DFUC2021-layout demo; returns the data root to use. ``small``: 80 labelled,
+    16 unlabelled and 4 unlisted patches of 32 px."""
+    if small:
+        return write_demo_dfuc(Path(data_dir) / "dfuc2021_small", n_labelled=80, n_unlabelled=16, n_unlisted=4,
+                               size=32)
     return write_demo_dfuc(Path(data_dir) / "dfuc2021", n_labelled=600, n_unlabelled=200)
 
 
@@ -169,6 +191,37 @@ def load_data(cfg: Mapping, run_dir: Path | None = None) -> DfuData:
         check_split_files(data.root, table.loc[table["source"] != "synthetic", "path"])  # synthetic: in the run
         return data
     return DfuData(build_split(cfg), Path(cfg["data"]["root"]), run_dir)
+
+
+def member_folders(cfg: Mapping, run_dir: Path) -> list[Path]:
+    """Each stage's members, trained like any classification run under ``stages/<stage>/<backbone>/``."""
+    return [run_dir / "stages" / stage / b for stage in stages(cfg) for b in cfg["model"]["backbones"]]
+
+
+def card_facts(cfg: Mapping, run_dir: Path) -> dict:
+    """What a model card says about a DFU ensemble beyond its metrics: its data, its use and its limits."""
+    counts = ""
+    split = run_dir / "split.csv"
+    if split.is_file():
+        table = pd.read_csv(split, dtype=str, keep_default_na=False)
+        train = table[table["split"] == "train"].groupby("source").size().to_dict()
+        held = {s: int((table["split"] == s).sum()) for s in ("val", "test")}
+        counts = (f"; training images {', '.join(f'{n} {s}' for s, n in sorted(train.items()))}; "
+                  f"val {held['val']} / test {held['test']} real images")
+    return {
+        "colour": "rgb",
+        "training_data": f"DFUC2021 foot-ulcer patches (none / infection / ischaemia / both), split by "
+                         f"{cfg['data']['grouping'].replace('_', '-')} groups; soft-voting ensemble of "
+                         f"{' + '.join(cfg['model']['backbones'])}{counts}",
+        "intended_use": "Research on photographs of diabetic foot ulcers cropped like DFUC2021's patches: to study "
+                        "models and to give a second look, never to diagnose infection or ischaemia.",
+        "limitations": [
+            "One challenge data set: other cameras, lighting, skin tones and wound care shift the images.",
+            "Ischaemia is rare (227 of 5,955 labelled DFUC2021 images): its scores rest on few test images.",
+            "Pseudo-labels and pix2pixHD images in training can repeat the first ensemble's mistakes.",
+            "Probabilities are not calibrated to any clinical population's prevalence.",
+        ],
+    }
 
 
 def _counts(data: LabelledImages) -> dict:

@@ -41,6 +41,7 @@ from pipelines.engine.metrics import (
 from pipelines.engine.plots import plot_confusion_matrix
 from pipelines.engine.robustness import RobustnessData
 from pipelines.models import checkpoint_saver
+from pipelines.runs import PREDICTIONS as PREDICTIONS  # predictions.csv: one row per test image
 from pipelines.training import ClassifierKind, Runner, Settings, make_loader, predict, seed_everything
 from pipelines.transforms.augment import build_transform
 
@@ -53,6 +54,17 @@ DEMO_OVERRIDES = {
     "train.epochs": 12,
     "train.patience": 12,
 }
+
+# The contract test's run (over DEMO_OVERRIDES, on prepare_demo(small=True)): every step, in seconds.
+SMOKE_OVERRIDES = {
+    "model.backbone": "efficientnet_b0",
+    "train.epochs": 1,
+    "train.warmup_epochs": 0,
+    "train.batch_size": 64,
+    "eval.bootstrap": 20,
+}
+
+HEADLINE = ("acc", "auc", "balanced_accuracy", "macro_f1")  # the official ACC/AUC first
 
 DEFAULTS = Path(__file__).with_name("medmnist.yaml")  # choices and ranges are declared beside each key
 
@@ -75,8 +87,9 @@ def validate(cfg: dict) -> None:
     check_model_config(cfg)
 
 
-def prepare_demo(data_dir: Path) -> Path:
-    """Write (once) the synthetic BreastMNIST file; returns the data root."""
+def prepare_demo(data_dir: Path, small: bool = False) -> Path:
+    """Write (once) the synthetic BreastMNIST file (28 px, the published split sizes: already small);
+    returns the data root."""
     return write_demo_medmnist(Path(data_dir) / "medmnist")
 
 
@@ -123,8 +136,26 @@ def _spec(cfg: Mapping, data: MedMNISTData):
                               output="sigmoid" if data.multilabel else "softmax")
 
 
+def split_table(data: MedMNISTData) -> pd.DataFrame:
+    """split.csv of a run: every image by its ``index`` within its published split, with its label (class name,
+    or one 0/1 ``label_<name>`` column per label of multi-label data)."""
+    parts = []
+    for split, labels in data.labels.items():
+        part = pd.DataFrame({"index": np.arange(len(labels)), "split": split})
+        if data.multilabel:
+            for i, name in enumerate(data.class_names):
+                part[f"label_{name}"] = labels[:, i]
+        else:
+            part["label"] = [data.class_names[i] for i in labels]
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)
+
+
 def train(cfg: Mapping, run_dir: Path, ctx: Context, data: MedMNISTData | None = None) -> None:
+    """Train into ``run_dir`` (continuing from its last checkpoint if it has one), then evaluate."""
     data = data if data is not None else load_data(cfg)
+    if ctx.is_main and not (run_dir / "split.csv").is_file():
+        write_csv(run_dir / "split.csv", split_table(data))
     d, t = cfg["data"], cfg["train"]
     counts = {s: len(v) for s, v in data.labels.items()}
     log.info("%s %d px (%s, %d classes) from %s: %s images; network input %d px", data.flag, data.size,

@@ -27,6 +27,7 @@ from pipelines.detection3d.data import FrameLoader
 from pipelines.detection3d.engine import Setting, ablation_settings, fit, latency, predict_scenes, score
 from pipelines.detection3d.model import build_detector
 from pipelines.models import load_model
+from pipelines.runs import PREDICTIONS as PREDICTIONS  # predictions.csv: one row per box of val and test
 from pipelines.training import seed_everything
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,28 @@ DEMO_OVERRIDES = {
     "train.weight_decay": 0.0001,
     "train.grad_clip": 10.0,
 }
+
+# The contract test's run (over DEMO_OVERRIDES, on prepare_demo(small=True)): every step, in seconds.
+SMOKE_OVERRIDES = {
+    "model.image_size": [32, 64],
+    "model.embed_dim": 32,
+    "model.depth": 4,
+    "model.heads": 2,
+    "model.stages": [1, 2, 3],
+    "model.queries": 16,
+    "model.propagated": 4,
+    "model.decoder_layers": 1,
+    "model.depth_bins": 4,
+    "train.epochs": 1,
+    "train.warmup_epochs": 0,
+    "train.batch_size": 1,
+    "train.clip_length": 2,
+    "eval.max_boxes": 20,
+    "eval.latency_frames": 1,
+    "eval.latency_repeats": 1,
+}
+
+HEADLINE = ("nds", "map")  # nuScenes detection score and mAP over all 10 classes
 
 SPLITS = ("train", "val", "test")
 
@@ -104,10 +127,14 @@ def validate(cfg: Mapping) -> None:
         raise ConfigError(f"model.weights file not found: {m['weights']}; pass a .safetensors file of the detector")
 
 
-def prepare_demo(data_dir: Path) -> Path:
-    """Write (once) the synthetic multi-camera scenes in the nuScenes v1.0 layout; returns the dataroot."""
+def prepare_demo(data_dir: Path, small: bool = False) -> Path:
+    """Write (once) the synthetic multi-camera scenes in the nuScenes v1.0 layout; returns the dataroot.
+    ``small``: 3 scenes (one per split) of 2 frames at 32x64 px."""
     from pipelines.datasets.nuscenes_demo import write_demo_nuscenes
 
+    if small:
+        return write_demo_nuscenes(Path(data_dir) / "nuscenes_demo_small", scenes=3, frames_per_scene=2,
+                                   image_size=(32, 64))
     return write_demo_nuscenes(Path(data_dir) / "nuscenes_demo")
 
 
@@ -270,3 +297,27 @@ def summary_lines(split: str, m: Mapping) -> list[str]:
     errors = ", ".join(f"{k} {v:.3f}" for k, v in p["tp_errors"].items() if v is not None)
     return [f"{split}: mAP {m['map']:.3f}, NDS {m['nds']:.3f} (all 10 classes); over the classes present "
             f"({', '.join(p['classes'])}): mAP {p['map']:.3f}, NDS {p['nds']:.3f}; {errors}"]
+
+
+def card_facts(cfg: Mapping, run_dir: Path) -> dict:
+    """What a model card says about a ToC3D detector beyond its metrics: its data, its use and its limits."""
+    split = run_dir / "split.csv"
+    counts = ""
+    if split.is_file():
+        table = pd.read_csv(split, dtype={"scene": str})
+        per = table.groupby("split").agg(scenes=("scene", "size"), frames=("frames", "sum"))
+        counts = " (" + ", ".join(f"{s} {r.scenes} scenes / {r.frames} frames" for s, r in per.iterrows()) + ")"
+    m = cfg["model"]
+    return {
+        "colour": "rgb",
+        "training_data": f"nuScenes-format multi-camera scenes ({cfg['data']['version']}), split by whole "
+                         f"scenes{counts}; ViT {m['embed_dim']}x{m['depth']} at {m['image_size'][0]}x"
+                         f"{m['image_size'][1]} px, keep ratios {m['keep_ratios']}",
+        "intended_use": "Research on camera-only 3D detection and token compression (speed against NDS), "
+                        "never to drive or to decide anything on a road.",
+        "limitations": [
+            "Trained on the scenes of one data set: other cities, cameras, rigs and weather shift the images.",
+            "Compression keeps the tokens its scorer expects objects in: small or unusual objects may lose detail.",
+            "Box scores are not calibrated probabilities.",
+        ],
+    }
