@@ -387,7 +387,7 @@ def cmd_tile(args) -> int:
 
 def cmd_synth(args) -> int:
     from pipelines.config import apply_settings
-    from pipelines.synthesis import Pix2PixHDSpec, read_mask_pairs, summarize_history, train_pix2pixhd
+    from pipelines.synthesis import Pix2PixHDSpec, mask_pairs, read_mask_pairs, summarize_history, train_pix2pixhd
 
     args = apply_settings(args, "synth")
     spec = Pix2PixHDSpec(input_nc=3 if args.edges else 2, ngf=args.ngf, n_downsampling=args.n_downsampling,
@@ -398,10 +398,12 @@ def cmd_synth(args) -> int:
                           "or leave the option out")
     label_maps, images, _ = read_mask_pairs(args.images, args.masks, size=args.size, edges=args.edges)
     out = Path(args.output)
-    try:
+    options = {k: v for k, v in vars(args).items() if k not in ("func", "command", "config", "overrides")}
+    try:  # config.yaml holds these options: '--config OUTPUT/config.yaml' takes them back
         history = train_pix2pixhd(label_maps, images, spec, out, steps=args.steps, batch_size=args.batch_size,
                                   vgg_weights=args.vgg_weights, device=args.device, seed=args.seed,
-                                  sample_every=args.sample_every)
+                                  sample_every=args.sample_every, config=options,
+                                  pairs=mask_pairs(args.images, args.masks))
     except KeyboardInterrupt:
         raise ConfigError(f"interrupted; run the same command again to continue from {out / 'last_state.pt'}") from None
     log.info("%s", summarize_history(history))
@@ -431,8 +433,6 @@ def cmd_list(args) -> int:
 
         print(defaults_text(get_task(args.task).DEFAULTS), end="")
     return 0
-
-
 
 
 def main(argv: list[str] | None = None) -> int:

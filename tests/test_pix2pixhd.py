@@ -297,6 +297,26 @@ def test_synth_command_trains_and_resumes(capsys, caplog, tmp_path):
     assert pd.read_csv(tmp_path / "out" / "history.csv")["step"].tolist() == [1, 2, 3, 4, 5]
 
 
+def test_synth_output_is_a_run_folder_whose_config_runs_again(capsys, tmp_path):
+    import yaml
+
+    root = _write_pairs(tmp_path)
+    out = tmp_path / "out"
+    argv = ["synth", "--images", str(root / "images"), "--masks", str(root / "masks"), "--output", str(out),
+            "--size", "32", "--ngf", "4", "--n-downsampling", "1", "--n-blocks", "1", "--device", "cpu"]
+    code, _, err = run_cli(capsys, *argv, "--steps", "1", "--set", "batch_size=3")
+    assert code == 0, err
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["steps"] == 1 and cfg["batch_size"] == 3 and cfg["images"] == str(root / "images")
+    assert json.loads((out / "environment.json").read_text())["device"] == "cpu"
+    pairs = pd.read_csv(out / "split.csv")
+    assert pairs["stem"].tolist() == [0, 1, 2] and set(pairs["split"]) == {"train"}
+    assert all(p.endswith(".png") for p in [*pairs["image"], *pairs["mask"]])
+    code, _, err = run_cli(capsys, *argv, "--config", str(out / "config.yaml"), "--set", "steps=2")
+    assert code == 0, err  # its own config.yaml is a valid --config: the same settings, continued
+    assert pd.read_csv(out / "history.csv")["step"].tolist() == [1, 2]
+
+
 def test_synth_command_one_line_errors(capsys, tmp_path):
     root = _write_pairs(tmp_path)
     base = ["synth", "--images", str(root / "images"), "--masks", str(root / "masks"), "--output",

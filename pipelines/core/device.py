@@ -6,15 +6,18 @@
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
-from pipelines.core.errors import ConfigError
+from pipelines.core.errors import ConfigError, PipelinesError
 
-__all__ = ["Context", "setup", "resolve_device", "broadcast_object"]
+__all__ = ["Context", "setup", "resolve_device", "broadcast_object", "on_main"]
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -71,3 +74,33 @@ def broadcast_object(ctx: Context, obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+@functools.cache
+def _waiting_group():
+    """A gloo group with a day's timeout: the others may wait on rank 0 far longer than a collective may
+    take on the training group (NCCL's watchdog ends a process after minutes)."""
+    return dist.new_group(backend="gloo", timeout=timedelta(hours=24))
+
+
+def on_main(ctx: Context, fn: Callable, *args, **kwargs):
+    """``fn(*args, **kwargs)`` on rank 0 only (writing files, training a generator, evaluating); every rank
+    gets its result, the others waiting for it. An error on rank 0 stops the others too, naming it.
+
+    Example:
+        >>> table = on_main(ctx, choose_pseudo_labels, data)  # rank 0 chooses and writes; all get the table
+    """
+    if not ctx.distributed:
+        return fn(*args, **kwargs)
+    box: list = [None]
+    if ctx.is_main:
+        try:
+            box = [("ok", fn(*args, **kwargs))]
+        except BaseException as exc:
+            dist.broadcast_object_list([("error", f"{type(exc).__name__}: {exc}")], src=0, group=_waiting_group())
+            raise
+    dist.broadcast_object_list(box, src=0, group=_waiting_group())
+    status, value = box[0]
+    if status == "error":
+        raise PipelinesError(f"rank 0 failed ({value}); see its log")
+    return value

@@ -21,11 +21,9 @@ from pipelines.backbones import check_backbone, create_backbone, head_prefixes, 
 from pipelines.backbones.weights import hub_download_errors
 from pipelines.core.device import Context
 from pipelines.core.errors import ConfigError, DataError
-from pipelines.core.io import write_csv, write_json
 from pipelines.datasets.images import ImageTableDataset
+from pipelines.engine.evaluation import Predicted, Scoring, write_report
 from pipelines.engine.losses import build_loss, class_weights
-from pipelines.engine.metrics import breakdown, classification_metrics, grouped_metrics
-from pipelines.engine.plots import plot_confusion_matrix
 from pipelines.models import ModelSpec, checkpoint_saver, classifier_spec, load_model, read_spec, resolve_weights
 from pipelines.models.files import build_from_file
 from pipelines.runs import read_config
@@ -34,7 +32,8 @@ from pipelines.transforms.augment import build_transform
 
 __all__ = [
     "LabelledImages", "check_model_config", "check_split_files", "build_model", "classifier_spec_of",
-    "load_best_model", "train_classifier", "evaluate_classifier", "selected_epoch", "summary_lines", "SPLITS",
+    "load_best_model", "train_classifier", "scoring_of", "evaluate_classifier", "selected_epoch", "summary_lines",
+    "with_interval", "SPLITS",
 ]
 
 log = logging.getLogger(__name__)
@@ -49,7 +48,8 @@ class LabelledImages:
 
     Attributes:
         breakdown: meta columns to report metrics per value of (e.g. ``["magnification"]``).
-        group_name: what a group is, for reports (``"patient"``).
+        group_name: what the ``group`` column holds (``"patient"``): group-level scores and intervals that
+            resample groups; None: the groups only keep splits apart.
         aspect: width / height of the images, so training crops keep evaluation's shape.
         stain: histology images get H&E stain jitter.
     """
@@ -58,7 +58,7 @@ class LabelledImages:
     root: Path
     class_names: list[str]
     breakdown: list[str] = field(default_factory=list)
-    group_name: str = "group"
+    group_name: str | None = "group"
     aspect: float = 1.0
     stain: bool = False
 
@@ -181,6 +181,12 @@ def train_classifier(data: LabelledImages, cfg: Mapping, run_dir: Path, ctx: Con
     return Runner(kind, Settings.from_train(t), run_dir, ctx, save=save, cfg=cfg).fit()
 
 
+def scoring_of(data: LabelledImages, cfg: Mapping) -> Scoring:
+    """How this task's splits are scored: its classes, its group (patient) column and breakdowns."""
+    return Scoring(data.class_names, group_name=data.group_name, breakdown=tuple(data.breakdown),
+                   bootstrap=int(cfg["eval"]["bootstrap"]), seed=int(cfg["seed"]))
+
+
 def evaluate_classifier(data: LabelledImages, cfg: Mapping, run_dir: Path, ctx: Context,
                         info: Mapping | None = None) -> dict:
     """Best checkpoint on val and test: metrics.json, predictions.csv and the confusion-matrix plots."""
@@ -189,26 +195,13 @@ def evaluate_classifier(data: LabelledImages, cfg: Mapping, run_dir: Path, ctx: 
     channels_last = bool(cfg["train"]["channels_last"])
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    report: dict = {}
+    predicted = {}
     for split in ("val", "test"):
-        rows = data.part(split)
         loader = make_loader(data.dataset(split, "none", d["image_size"], d["cache_images"]),
                              e["batch_size"], d["workers"], int(cfg["seed"]), device=ctx.device)
         probs = predict(model, loader, ctx.device, cfg["train"]["amp"], channels_last, desc=f"evaluate {split}")
-        y = data.labels(split)
-        metrics = classification_metrics(y, probs, data.class_names, bootstrap=e["bootstrap"], seed=int(cfg["seed"]))
-        metrics[f"{data.group_name}_level"] = grouped_metrics(y, probs, rows["group"], data.class_names)
-        for key in data.breakdown:
-            metrics[f"per_{key}"] = breakdown(y, probs, rows[key], data.class_names)
-        report[split] = metrics
-        if split == "test":
-            _write_predictions(run_dir, rows, probs, data.class_names)
-        plot_confusion_matrix(metrics["confusion_matrix"], data.class_names,
-                              run_dir / "plots" / f"confusion_matrix{'' if split == 'test' else '_val'}.png",
-                              title=split)
-    report["info"] = dict(info or {})
-    write_json(run_dir / "metrics.json", report)
-    return report
+        predicted[split] = Predicted(data.part(split), data.labels(split), probs)
+    return write_report(run_dir, predicted, scoring_of(data, cfg), info or {})
 
 
 def selected_epoch(run_dir: Path) -> int | None:
@@ -220,19 +213,17 @@ def selected_epoch(run_dir: Path) -> int | None:
     return int(best["epoch"].iloc[-1]) if not best.empty else None
 
 
-def _write_predictions(run_dir: Path, rows: pd.DataFrame, probs: np.ndarray, class_names: list[str]) -> None:
-    out = rows.drop(columns=["split"]).reset_index(drop=True)
-    out["pred"] = [class_names[i] for i in probs.argmax(1)]
-    out["confidence"] = probs.max(1)
-    for i, name in enumerate(class_names):
-        out[f"prob_{name}"] = probs[:, i]
-    write_csv(run_dir / "predictions.csv", out)
+def with_interval(m: Mapping, key: str) -> str:
+    """``0.812 [0.751, 0.866]``: a metric with its 95% interval where stored; ``n/a`` where undefined."""
+    if m.get(key) is None:
+        return "n/a"
+    ci = (m.get("ci95") or {}).get(key)
+    return f"{m[key]:.3f}" + (" [{:.3f}, {:.3f}]".format(*ci) if ci else "")
 
 
 def summary_lines(split: str, m: Mapping) -> list[str]:
-    """What ``pipelines run`` prints for a classification split of metrics.json."""
-    ci = m.get("ci95", {})
-    acc_ci = " [{:.3f}, {:.3f}]".format(*ci["accuracy"]) if ci.get("accuracy") else ""
-    auc = f"{m['roc_auc']:.3f}" if m.get("roc_auc") is not None else "n/a"
-    return [f"{split}: accuracy {m['accuracy']:.3f}{acc_ci}, balanced accuracy {m['balanced_accuracy']:.3f}, "
-            f"macro-F1 {m['macro_f1']:.3f}, ROC AUC {auc} (n={m['n']})"]
+    """What ``pipelines run`` prints for a classification split of metrics.json (95% intervals in brackets)."""
+    shown = ", ".join(f"{name} {with_interval(m, key)}" for key, name in (
+        ("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"), ("macro_f1", "macro-F1"),
+        ("roc_auc", "ROC AUC")))
+    return [f"{split}: {shown} (n={m['n']})"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch
 
 from pipelines.core.device import Context
 from pipelines.engine.classification import LabelledImages, classifier_spec_of, load_best_model, train_classifier
+from pipelines.runs import write_run_files
 from pipelines.training import make_loader, predict
 
 __all__ = ["member_config", "train_members", "predict_members", "soft_vote", "select_pseudo_labels"]
@@ -35,15 +37,25 @@ def member_config(cfg: Mapping, backbone: str) -> dict:
     return member
 
 
-def train_members(data: LabelledImages, cfg: Mapping, stage_dir: Path, ctx: Context) -> list[Path]:
+def train_members(data: LabelledImages, cfg: Mapping, stage_dir: Path, ctx: Context,
+                  split: pd.DataFrame | None = None, run_dir: Path | None = None) -> list[Path]:
     """Train every backbone of ``model.backbones`` on ``data`` into ``stage_dir/<backbone>``; a member
-    that already finished (or stopped early) is not trained again, a killed one resumes."""
+    that already finished (or stopped early) is not trained again, a killed one resumes.
+
+    Each member folder is a run folder of its own: config.yaml (the member's config; ``run.member`` names its
+    stage and backbone, ``run.part_of`` the ensemble's ``run_dir`` relative to it), environment.json and
+    split.csv (``split``, else ``data.table``), written by rank 0.
+    """
     folders = []
     for i, backbone in enumerate(cfg["model"]["backbones"]):
         folder = Path(stage_dir) / backbone
-        folder.mkdir(parents=True, exist_ok=True)
         member = member_config(cfg, backbone)
         member["seed"] = int(cfg["seed"]) + i  # members differ in initialisation and sampling too
+        member["run"] = {**member.get("run", {}), "member": {"stage": Path(stage_dir).name, "backbone": backbone},
+                         **({"part_of": os.path.relpath(run_dir, folder)} if run_dir is not None else {})}
+        if ctx.is_main:
+            write_run_files(folder, member, ctx.device, data.table if split is None else split,
+                            {"world_size": ctx.world_size})
         log.info("%s: training member %d/%d (%s)", Path(stage_dir).name, i + 1, len(cfg["model"]["backbones"]),
                  backbone)
         train_classifier(data, member, folder, ctx)

@@ -19,6 +19,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from pipelines.engine.bootstrap import classification_intervals, multilabel_intervals
+
 __all__ = [
     "classification_metrics", "bootstrap_ci", "grouped_metrics", "breakdown", "official_auc", "official_acc",
     "multilabel_metrics", "segmentation_counts", "segmentation_scores", "segmentation_metrics",
@@ -70,8 +72,11 @@ def classification_metrics(
     class_names: Sequence[str],
     bootstrap: int = 0,
     seed: int = 0,
+    clusters: Sequence | None = None,
 ) -> dict:
-    """Accuracy, balanced accuracy, macro-F1, per-class P/R/F1, ROC AUC, confusion matrix (+ 95% CIs).
+    """Accuracy, balanced accuracy, macro-F1, per-class P/R/F1, ROC AUC, confusion matrix; with ``bootstrap``
+    resamples, ``ci95`` holds the 95% interval of each of the four headline metrics (resampling ``clusters``,
+    e.g. patients, when given; see :mod:`pipelines.engine.bootstrap`).
 
     Example:
         >>> m = classification_metrics([0, 1], np.array([[0.9, 0.1], [0.2, 0.8]]), ["a", "b"])
@@ -99,17 +104,16 @@ def classification_metrics(
         "class_names": list(class_names),
     }
     if bootstrap:
-        out["ci95"] = {
-            "accuracy": bootstrap_ci(y_true, y_pred, accuracy_score, bootstrap, seed),
-            "macro_f1": bootstrap_ci(y_true, y_pred, lambda t, p: _macro_f1(t, p, labels), bootstrap, seed),
-        }
+        out["ci95"] = classification_intervals(y_true, probs, bootstrap, seed, clusters)
     return out
 
 
 def grouped_metrics(
-    y_true: Sequence[int], probs: np.ndarray, groups: Sequence, class_names: Sequence[str]
+    y_true: Sequence[int], probs: np.ndarray, groups: Sequence, class_names: Sequence[str],
+    bootstrap: int = 0, seed: int = 0,
 ) -> dict:
-    """Metrics after averaging each group's probabilities (patient-level scores).
+    """Metrics after averaging each group's probabilities (patient-level scores), with intervals over
+    ``bootstrap`` resamples of the groups.
 
     A group's true label is its most frequent image label; its prediction is the argmax of its mean
     probabilities.
@@ -119,8 +123,9 @@ def grouped_metrics(
     frame["y"] = np.asarray(y_true, dtype=int)
     mean = frame.groupby("group")[list(range(len(class_names)))].mean()
     truth = frame.groupby("group")["y"].agg(lambda s: s.value_counts().index[0])
-    result = classification_metrics(truth.loc[mean.index].to_numpy(), mean.to_numpy(), class_names)
-    return {k: result[k] for k in ("n", "accuracy", "balanced_accuracy", "macro_f1", "confusion_matrix")}
+    result = classification_metrics(truth.loc[mean.index].to_numpy(), mean.to_numpy(), class_names, bootstrap, seed)
+    keys = ("n", "accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "confusion_matrix", "ci95")
+    return {k: result[k] for k in keys if k in result}
 
 
 def breakdown(
@@ -161,9 +166,10 @@ def official_acc(y_true: np.ndarray, y_score: np.ndarray, task: str, threshold: 
 
 
 def multilabel_metrics(y_true: np.ndarray, probs: np.ndarray, label_names: Sequence[str],
-                       threshold: float = 0.5) -> dict:
+                       threshold: float = 0.5, bootstrap: int = 0, seed: int = 0) -> dict:
     """Per-label precision/recall/F1/AUC at ``threshold`` and their means (``balanced_accuracy`` is the mean
-    of the per-label balanced accuracies, as MedMNIST-C's balanced error uses it)."""
+    of the per-label balanced accuracies, as MedMNIST-C's balanced error uses it); ``ci95`` of the means with
+    ``bootstrap`` resamples (at the threshold 0.5)."""
     y_true = np.asarray(y_true, dtype=int)
     pred = np.asarray(probs) > threshold
     per_label, bal, f1s, aucs = {}, [], [], []
@@ -184,6 +190,7 @@ def multilabel_metrics(y_true: np.ndarray, probs: np.ndarray, label_names: Seque
         "roc_auc": float(np.mean(aucs)) if aucs else None,
         "per_class": per_label,
         "class_names": list(label_names),
+        **({"ci95": multilabel_intervals(y_true, probs, bootstrap, seed)} if bootstrap else {}),
     }
 
 

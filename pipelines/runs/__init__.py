@@ -15,7 +15,7 @@ from pipelines.runs.benchmarks import load_benchmarks, speed_accuracy
 from pipelines.runs.folder import (
     ABLATION, BENCHMARKS, BEST_WEIGHTS, CHECKPOINTS, CONFIG, ENVIRONMENT, HISTORY, LAST_STATE, LAST_WEIGHTS,
     METRICS_FILE, OVERLAYS, PLOTS, PREDICTIONS, ROBUSTNESS, ROBUSTNESS_RELATIVE, ROBUSTNESS_SUMMARY, SPLIT, TILES,
-    check_run_dir, create_run_dir, read_config, write_config, write_environment,
+    check_run_dir, create_run_dir, read_config, write_config, write_environment, write_run_files, write_split,
 )
 from pipelines.runs.images import load_images, resolve_data_path
 from pipelines.runs.index import RunIndex, filter_runs, find_runs, run_stamp, runs_table
@@ -37,7 +37,8 @@ __all__ = [
     "LAST_WEIGHTS", "LAST_STATE", "PLOTS", "OVERLAYS", "ROBUSTNESS", "ROBUSTNESS_RELATIVE", "ROBUSTNESS_SUMMARY",
     "TILES", "ABLATION", "BENCHMARKS",
     # writing
-    "create_run_dir", "write_config", "read_config", "write_environment", "check_run_dir",
+    "create_run_dir", "write_config", "read_config", "write_environment", "write_split", "write_run_files",
+    "check_run_dir",
     # reading
     "headline", "headline_union", "RunFileError", "RunIndex", "find_runs", "run_stamp", "runs_table", "filter_runs",
     "load_config", "load_metrics", "read_history", "load_history", "load_predictions", "training_curves",

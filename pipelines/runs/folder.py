@@ -30,13 +30,13 @@ from typing import Any
 
 from pipelines.config import dump_yaml, load_yaml
 from pipelines.core.errors import ConfigError
-from pipelines.core.io import atomic_write_text, write_json
+from pipelines.core.io import atomic_write_text, write_csv, write_json
 
 __all__ = [
     "CONFIG", "ENVIRONMENT", "SPLIT", "HISTORY", "METRICS_FILE", "PREDICTIONS", "CHECKPOINTS", "BEST_WEIGHTS",
     "LAST_WEIGHTS", "LAST_STATE", "PLOTS", "OVERLAYS", "ROBUSTNESS", "ROBUSTNESS_RELATIVE", "ROBUSTNESS_SUMMARY",
     "TILES", "ABLATION", "BENCHMARKS", "create_run_dir", "write_config", "read_config", "write_environment",
-    "check_run_dir",
+    "write_split", "write_run_files", "check_run_dir",
 ]
 
 CONFIG = "config.yaml"
@@ -138,3 +138,20 @@ def write_environment(run_dir: Path, device: str, extra: Mapping[str, Any] | Non
         **(extra or {}),
     }
     write_json(Path(run_dir) / ENVIRONMENT, env)
+
+
+def write_split(run_dir: Path, table) -> None:
+    """split.csv: one row per sample the run saw (a pandas DataFrame)."""
+    write_csv(Path(run_dir) / SPLIT, table)
+
+
+def write_run_files(run_dir: str | Path, cfg: Mapping, device: str, split=None,
+                    extra: Mapping[str, Any] | None = None) -> None:
+    """What every run folder starts with, nested ones (ensemble members, generators) included: config.yaml,
+    environment.json and, where the run has data, split.csv (``split``, a DataFrame)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_config(run_dir, cfg)
+    write_environment(run_dir, str(device), extra)
+    if split is not None:
+        write_split(run_dir, split)

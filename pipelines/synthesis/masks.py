@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from pipelines.core.errors import DataError
 
-__all__ = ["instance_edges", "mask_label_map", "read_mask_pairs", "IMAGE_SUFFIXES"]
+__all__ = ["instance_edges", "mask_label_map", "mask_pairs", "read_mask_pairs", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -55,6 +56,24 @@ def _image_files(folder: Path, what: str) -> dict[str, Path]:
     return files
 
 
+def mask_pairs(images_dir: str | Path, masks_dir: str | Path) -> pd.DataFrame:
+    """The photo/mask pairs of two folders, matched by file stem: columns ``stem, image, mask, split`` (all
+    ``train``; what a generator's split.csv lists). Unpaired files are a DataError naming them."""
+    images_dir, masks_dir = Path(images_dir), Path(masks_dir)
+    photos, masks = _image_files(images_dir, "images"), _image_files(masks_dir, "masks")
+    for stem, path in photos.items():
+        if stem not in masks:
+            raise DataError(f"image {path} has no mask named {stem}.* in {masks_dir}; add its mask or move the "
+                            "image out (pairs are matched by file stem)")
+    for stem, path in masks.items():
+        if stem not in photos:
+            raise DataError(f"mask {path} has no image named {stem}.* in {images_dir}; add its image or move the "
+                            "mask out (pairs are matched by file stem)")
+    stems = sorted(photos)
+    return pd.DataFrame({"stem": stems, "image": [str(photos[s]) for s in stems],
+                         "mask": [str(masks[s]) for s in stems], "split": "train"})
+
+
 def read_mask_pairs(images_dir: str | Path, masks_dir: str | Path, size: int | None = None,
                     edges: bool = False) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
     """Photos and wound masks paired by file stem -> (label maps (C, S, S), images uint8 (S, S, 3), stems).
@@ -67,22 +86,12 @@ def read_mask_pairs(images_dir: str | Path, masks_dir: str | Path, size: int | N
 
     from pipelines.core.images import read_image
 
-    images_dir, masks_dir = Path(images_dir), Path(masks_dir)
-    photos, masks = _image_files(images_dir, "images"), _image_files(masks_dir, "masks")
-    for stem, path in photos.items():
-        if stem not in masks:
-            raise DataError(f"image {path} has no mask named {stem}.* in {masks_dir}; add its mask or move the "
-                            "image out (pairs are matched by file stem)")
-    for stem, path in masks.items():
-        if stem not in photos:
-            raise DataError(f"mask {path} has no image named {stem}.* in {images_dir}; add its image or move the "
-                            "mask out (pairs are matched by file stem)")
     label_maps, images, stems = [], [], []
-    for stem in sorted(photos):
-        image = read_image(photos[stem], "RGB")
-        raw = read_image(masks[stem], "RGB").max(axis=2)
+    for stem, photo, mask_file in mask_pairs(images_dir, masks_dir)[["stem", "image", "mask"]].itertuples(index=False):
+        image = read_image(photo, "RGB")
+        raw = read_image(mask_file, "RGB").max(axis=2)
         if raw.shape != image.shape[:2]:
-            raise DataError(f"mask {masks[stem]} is {raw.shape[1]}x{raw.shape[0]} but image {photos[stem]} is "
+            raise DataError(f"mask {mask_file} is {raw.shape[1]}x{raw.shape[0]} but image {photo} is "
                             f"{image.shape[1]}x{image.shape[0]}; a mask must have its image's size")
         mask = raw > (127 if raw.max() > 1 else 0)
         if size is not None and image.shape[:2] != (size, size):

@@ -42,7 +42,7 @@ from torch import nn
 from pipelines.core.device import Context, resolve_device
 from pipelines.core.errors import ConfigError, DataError
 from pipelines.synthesis.generator import generate, label_map_rgb, load_generator, save_grid
-from pipelines.synthesis.masks import instance_edges, mask_label_map, read_mask_pairs
+from pipelines.synthesis.masks import instance_edges, mask_label_map, mask_pairs, read_mask_pairs
 from pipelines.synthesis.pix2pixhd import VGGLoss, feature_matching_loss, init_weights, lsgan_loss
 from pipelines.synthesis.spec import Pix2PixHDSpec
 from pipelines.training import Runner, Settings
@@ -57,6 +57,7 @@ __all__ = [
     "save_grid",
     "mask_label_map",
     "instance_edges",
+    "mask_pairs",
     "read_mask_pairs",
     "summarize_history",
     "init_weights",
@@ -147,6 +148,8 @@ def train_pix2pixhd(
     checkpoint_every: int | None = None,
     flip: bool = True,
     progress: bool = True,
+    config: dict | None = None,
+    pairs: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Train pix2pixHD (LSGAN + feature matching [+ VGG]) from label maps to images; resumable.
 
@@ -167,6 +170,9 @@ def train_pix2pixhd(
         checkpoint_every: steps between checkpoints (default: ``sample_every``); the end always saves.
         flip: random horizontal flips (label map and image together).
         progress: a progress bar on stderr.
+        config, pairs: what ``out_dir`` records as a run folder: config.yaml (the settings it was trained
+            with), environment.json and split.csv (the training pairs, one row each); written once the inputs
+            are checked. None: not written.
 
     Returns:
         The history, one row per step (``history.csv``).
@@ -183,6 +189,10 @@ def train_pix2pixhd(
     labels, photos = _prepare(label_maps, images, spec)
     total = steps if steps is not None else epochs * math.ceil(len(labels) / batch_size)
     ctx = Context(resolve_device(device))
+    if config is not None:
+        from pipelines.runs import write_run_files
+
+        write_run_files(out_dir, config, ctx.device, pairs)
     vgg = VGGLoss(vgg_weights).to(ctx.device) if vgg_weights else None
     kind = Pix2PixHDKind(spec, labels, photos, out_dir, batch_size, lr, betas, lambda_feat, vgg, ctx.device, seed,
                          flip, sample_every)

@@ -26,24 +26,27 @@ import numpy as np
 import pandas as pd
 
 from pipelines.config import check_declared, load_defaults
-from pipelines.core.device import Context
+from pipelines.core.device import Context, on_main
 from pipelines.core.errors import ConfigError, DataError
 from pipelines.core.images import read_image
-from pipelines.core.io import write_csv, write_json
+from pipelines.core.io import write_csv
 from pipelines.datasets.dfu import CLASSES, dfu_split, read_dfuc, write_submission
 from pipelines.datasets.dfu_demo import write_demo_dfuc
 from pipelines.engine.classification import LabelledImages, check_model_config, check_split_files, selected_epoch
 from pipelines.engine.classification import summary_lines as summary_lines  # the task's headline
 from pipelines.engine.ensemble import predict_members, select_pseudo_labels, soft_vote, train_members
-from pipelines.engine.metrics import classification_metrics
-from pipelines.engine.plots import plot_confusion_matrix, save_png
+from pipelines.engine.evaluation import Predicted, Scoring, compact_scores, score_split, write_report
+from pipelines.engine.plots import save_png
 from pipelines.models import save_ensemble
 from pipelines.runs import PREDICTIONS as PREDICTIONS  # predictions.csv: one row per test image
+from pipelines.runs import write_split
 
 log = logging.getLogger(__name__)
 
 DESCRIPTION = "diabetic foot ulcers (DFUC2021): EfficientNet ensembles, pseudo-labels, pix2pixHD images"
 SPLIT_COLUMNS = ["image", "path", "split", "label", "group", "source", "round", "confidence"]
+PREDICTION_COLUMNS = ["image", "path", "label", "group"]
+GROUP = "near_duplicate_group"  # what split.csv's group is: metrics' near_duplicate_group_level, intervals by group
 
 DEMO_OVERRIDES = {
     "data.image_size": 64,
@@ -150,22 +153,27 @@ class DfuData:
     def rows(self, split: str) -> pd.DataFrame:
         return self.table[self.table["split"] == split]
 
-    def labelled(self, stage: str, cfg: Mapping) -> LabelledImages:
-        """Train rows of ``stage`` (real, + pseudo rounds so far, + synthetic in the last stage), val and test."""
+    def stage_rows(self, stage: str, cfg: Mapping) -> pd.DataFrame:
+        """Train rows of ``stage`` (real, + pseudo rounds so far, + synthetic in the last stage), val and
+        test, as split.csv holds them (a member's split.csv)."""
         t = self.table
         train = (t["split"] == "train") & (
             (t["source"] == "real")
             | ((t["source"] == "pseudo") & (t["round"] <= _round(stage, cfg)))
             | ((t["source"] == "synthetic") & (stage == "synthetic"))
         )
-        rows = t[train | t["split"].isin(["val", "test"])].copy()
+        return t[train | t["split"].isin(["val", "test"])][SPLIT_COLUMNS].reset_index(drop=True)
+
+    def labelled(self, stage: str, cfg: Mapping) -> LabelledImages:
+        """:meth:`stage_rows` as training reads them (synthetic images in the run folder, not the data root)."""
+        rows = self.stage_rows(stage, cfg)
         synthetic = rows["source"] == "synthetic"
-        if synthetic.any():  # files in the run folder, not the data root
-            rows.loc[synthetic, "path"] = [str(self.run_dir / p) for p in rows.loc[synthetic, "path"]]
-        return LabelledImages(rows.reset_index(drop=True), self.root, list(CLASSES), group_name="near-duplicate group")
+        if synthetic.any():  # absolute: a relative run folder (--output runs) is not under the data root
+            rows.loc[synthetic, "path"] = [str(self.run_dir.resolve() / p) for p in rows.loc[synthetic, "path"]]
+        return LabelledImages(rows, self.root, list(CLASSES), group_name=GROUP)
 
     def save(self) -> None:
-        write_csv(self.run_dir / "split.csv", self.table[SPLIT_COLUMNS])
+        write_split(self.run_dir, self.table[SPLIT_COLUMNS])
 
 
 def build_split(cfg: Mapping) -> pd.DataFrame:
@@ -231,15 +239,19 @@ def _counts(data: LabelledImages) -> dict:
 
 
 def _pseudo_label(data: DfuData, cfg: Mapping, stage: str, previous: Path, ctx: Context) -> None:
-    """Add this round's pseudo-labels to split.csv (once: a resumed run keeps the ones it chose)."""
+    """Add this round's pseudo-labels to split.csv (once: a resumed run keeps the ones it chose). Rank 0
+    chooses and writes them; the other ranks wait and take its table."""
+    if not (data.table["round"] == _round(stage, cfg)).any():
+        data.table = on_main(ctx, _choose_pseudo_labels, data, cfg, stage, previous, ctx)
+
+
+def _choose_pseudo_labels(data: DfuData, cfg: Mapping, stage: str, previous: Path, ctx: Context) -> pd.DataFrame:
     r = _round(stage, cfg)
-    if (data.table["round"] == r).any():
-        return
     pool = data.rows("unlabelled")
     if pool.empty:
         log.info("%s: the unlabelled pool is empty; no pseudo-labels", stage)
         data.save()
-        return
+        return data.table
     members = [previous / b for b in cfg["model"]["backbones"]]
     probs = soft_vote(predict_members(data.labelled("baseline", cfg), cfg, members, pool, ctx))
     p = cfg["pseudo"]
@@ -253,15 +265,20 @@ def _pseudo_label(data: DfuData, cfg: Mapping, stage: str, previous: Path, ctx: 
     log.info("%s: %d of %d unlabelled images pseudo-labelled (confidence >= %.2f): %s", stage, len(chosen),
              len(pool), p["threshold"], counts)
     data.save()
+    return data.table
 
 
 def _synthesise(data: DfuData, cfg: Mapping, ctx: Context) -> None:
-    """Train (or load) the generator and add synthetic images of ``synth.classes`` to split.csv (once)."""
+    """Train (or load) the generator and add synthetic images of ``synth.classes`` to split.csv (once).
+    Rank 0 trains, generates and writes; the other ranks wait and take its table."""
+    if not (data.table["source"] == "synthetic").any():
+        data.table = on_main(ctx, _synthesise_on_main, data, cfg, ctx)
+
+
+def _synthesise_on_main(data: DfuData, cfg: Mapping, ctx: Context) -> pd.DataFrame:
     from pipelines.synthesis.conditioning import class_label_map, dihedral, edge_map
     from pipelines.synthesis.train import Pix2PixHDSpec, generate, load_generator, train_pix2pixhd
 
-    if (data.table["source"] == "synthetic").any():
-        return
     s, seed = cfg["synth"], int(cfg["seed"])
     # the generator learns from the real training images of the classes it is to draw, so that their
     # look is not drowned out by the common classes (no validation or test image ever reaches it)
@@ -284,7 +301,9 @@ def _synthesise(data: DfuData, cfg: Mapping, ctx: Context) -> None:
         maps = [class_label_map(e, index[c], len(CLASSES)) for e, c in zip(edges, real["label"], strict=True)]
         out = data.run_dir / "synthesis"
         train_pix2pixhd(maps, images, spec, out, steps=s["steps"], batch_size=s["batch_size"],
-                        vgg_weights=s["vgg_weights"], device=ctx.device, seed=seed, progress=ctx.is_main)
+                        vgg_weights=s["vgg_weights"], device=ctx.device, seed=seed,
+                        config={"seed": seed, "synth": dict(s), "run": {"task": "dfu", "part_of": ".."}},
+                        pairs=real[SPLIT_COLUMNS])
         generator, spec = load_generator(out / "generator.safetensors")
     rng = np.random.default_rng(seed)
     rows = []
@@ -309,6 +328,7 @@ def _synthesise(data: DfuData, cfg: Mapping, ctx: Context) -> None:
         log.info("synth: %d %s images (%.1f per real one)", wanted, name, s["ratio"])
     data.table = pd.concat([data.table, pd.DataFrame(rows, columns=SPLIT_COLUMNS)], ignore_index=True)
     data.save()
+    return data.table
 
 
 def _resize(image: np.ndarray, size: int) -> np.ndarray:
@@ -321,7 +341,7 @@ def train(cfg: Mapping, run_dir: Path, ctx: Context, data: DfuData | None = None
     """Train every stage's ensemble into ``run_dir/stages`` (resuming where a killed run stopped), then evaluate."""
     data = data if data is not None else load_data(cfg, run_dir)
     data.run_dir = run_dir
-    if not (run_dir / "split.csv").is_file():
+    if ctx.is_main and not (run_dir / "split.csv").is_file():
         data.save()
     counts = data.table.groupby("split").size().to_dict()
     log.info("DFUC2021: %s images per split; near-duplicate groups with twins: %d", counts,
@@ -334,31 +354,31 @@ def train(cfg: Mapping, run_dir: Path, ctx: Context, data: DfuData | None = None
             _synthesise(data, cfg, ctx)
         labelled = data.labelled(stage, cfg)
         log.info("stage %s: training images by source and class %s", stage, _counts(labelled))
-        train_members(labelled, cfg, run_dir / "stages" / stage, ctx)
+        train_members(labelled, cfg, run_dir / "stages" / stage, ctx, data.stage_rows(stage, cfg), run_dir)
         previous = run_dir / "stages" / stage
-    evaluate(cfg, run_dir, ctx, data)
-
-
-def _scores(y: np.ndarray, probs: np.ndarray) -> dict:
-    m = classification_metrics(y, probs, CLASSES)
-    return {"n": m["n"], "macro_f1": m["macro_f1"], "accuracy": m["accuracy"],
-            "balanced_accuracy": m["balanced_accuracy"], "roc_auc": m["roc_auc"],
-            **{f"f1_{c}": m["per_class"][c]["f1"] for c in CLASSES}}
+    if ctx.is_main:
+        evaluate(cfg, run_dir, ctx, data)
 
 
 def evaluate(cfg: Mapping, run_dir: Path, ctx: Context, data: DfuData | None = None) -> dict:
     """Every stage's members and ensemble on val and test: metrics.json (the final ensemble, with the
-    baseline beside it), stages.csv, predictions.csv, submission.csv (unlisted images) and plots."""
+    baseline beside it), stages.csv, predictions.csv, submission.csv (unlisted images) and plots.
+
+    The ensembles' scores carry 95% intervals (near-duplicate groups resampled); the members' do not."""
+    part_of = cfg.get("run", {}).get("part_of")
+    if part_of:  # an ensemble member's or the generator's folder
+        whole = (Path(run_dir) / part_of).resolve()
+        raise ConfigError(f"{run_dir} is part of the DFU run {whole}; evaluate that: pipelines eval {whole}")
     data = data if data is not None else load_data(cfg, run_dir)
     data.run_dir = run_dir
-    e, seed = cfg["eval"], int(cfg["seed"])
     names = stages(cfg)
     missing = [s for s in names if not all((run_dir / "stages" / s / b / "checkpoints" / "best.safetensors").is_file()
                                            for b in cfg["model"]["backbones"])]
     if missing:
         raise ConfigError(f"{run_dir} has no trained ensemble for stage(s) {', '.join(missing)}; "
                           f"resume it: pipelines run dfu --resume {run_dir}")
-    table, report, final = [], {"stages": {}}, names[-1]
+    scoring = Scoring(CLASSES, group_name=GROUP, bootstrap=int(cfg["eval"]["bootstrap"]), seed=int(cfg["seed"]))
+    table, entries, predicted, final = [], {}, {}, names[-1]
     for stage in names:
         labelled = data.labelled(stage, cfg)
         folders = [run_dir / "stages" / stage / b for b in cfg["model"]["backbones"]]
@@ -367,33 +387,40 @@ def evaluate(cfg: Mapping, run_dir: Path, ctx: Context, data: DfuData | None = N
             rows, y = labelled.part(split), labelled.labels(split)
             members = predict_members(labelled, cfg, folders, rows, ctx)
             ensemble = soft_vote(members)
+            if stage == final:
+                predicted[split] = Predicted(rows[PREDICTION_COLUMNS], y, ensemble, members)
             for name, probs in {**members, "ensemble": ensemble}.items():
-                scores = _scores(y, probs)
-                table.append({"stage": stage, "model": name, "split": split, **scores})
+                boot = None if name == "ensemble" else 0
+                scores = compact_scores(score_split(y, probs, scoring, rows, bootstrap=boot), CLASSES)
+                table.append({"stage": stage, "model": name, "split": split,
+                              **{k: v for k, v in scores.items() if k != "ci95"}})
                 target = entry["ensemble"] if name == "ensemble" else entry["members"].setdefault(name, {})
                 target[split] = scores
-            if stage == final:
-                metrics = classification_metrics(y, ensemble, CLASSES, bootstrap=e["bootstrap"], seed=seed)
-                report[split] = metrics
-                plot_confusion_matrix(metrics["confusion_matrix"], CLASSES, run_dir / "plots" /
-                                      f"confusion_matrix{'' if split == 'test' else '_val'}.png", title=split)
-                if split == "test":
-                    _write_predictions(run_dir, rows, ensemble, members)
         entry["selected_epochs"] = {f.name: selected_epoch(f) for f in folders}
-        report["stages"][stage] = entry
+        entries[stage] = entry
     unlisted = data.rows("unlisted")
     if not unlisted.empty:
         folders = [run_dir / "stages" / final / b for b in cfg["model"]["backbones"]]
         probs = soft_vote(predict_members(data.labelled(final, cfg), cfg, folders, unlisted, ctx))
         write_submission(run_dir / "submission.csv", unlisted["image"].tolist(), probs)
-    report["comparison"] = {label: {split: report["stages"][stage]["ensemble"][split] for split in ("val", "test")}
-                            for label, stage in (("baseline", "baseline"), ("extended", final))}
+    comparison = {label: {split: entries[stage]["ensemble"][split] for split in ("val", "test")}
+                  for label, stage in (("baseline", "baseline"), ("extended", final))}
+    write_csv(run_dir / "stages.csv", pd.DataFrame(table))
+    best = [run_dir / "stages" / final / b / "checkpoints" / "best.safetensors" for b in cfg["model"]["backbones"]]
+    save_ensemble(best, run_dir / "checkpoints" / "best.safetensors", task="dfu")  # what load_model(run_dir) gives
+    report = write_report(run_dir, predicted, scoring, _info(cfg, data, names),
+                          {"stages": entries, "comparison": comparison})
+    _log_comparison(report)
+    return report
+
+
+def _info(cfg: Mapping, data: DfuData, names: list[str]) -> dict:
     pseudo = data.table[data.table["source"] == "pseudo"]
-    report["info"] = {
+    info = {
         "task": "dfu",
         "demo": bool(cfg["run"]["demo"]),
         "stages": names,
-        "final_stage": final,
+        "final_stage": names[-1],
         "members": list(cfg["model"]["backbones"]),
         "monitor": f"val_{cfg['train']['monitor']}",
         "grouping": cfg["data"]["grouping"],
@@ -404,25 +431,9 @@ def evaluate(cfg: Mapping, run_dir: Path, ctx: Context, data: DfuData | None = N
         "protocol": "members selected on val; every stage scored on the same real val and test images; "
                     "the final stage is fixed in advance, not chosen on test",
     }
-    if report["info"]["demo"]:
-        report["info"]["note"] = "SYNTHETIC demo data: these numbers say nothing about real foot ulcers"
-    write_csv(run_dir / "stages.csv", pd.DataFrame(table))
-    best = [run_dir / "stages" / final / b / "checkpoints" / "best.safetensors" for b in cfg["model"]["backbones"]]
-    save_ensemble(best, run_dir / "checkpoints" / "best.safetensors", task="dfu")  # what load_model(run_dir) gives
-    write_json(run_dir / "metrics.json", report)
-    _log_comparison(report)
-    return report
-
-
-def _write_predictions(run_dir: Path, rows: pd.DataFrame, probs: np.ndarray, members: Mapping[str, np.ndarray]) -> None:
-    out = rows[["image", "path", "label", "group"]].reset_index(drop=True)
-    out["pred"] = [CLASSES[i] for i in probs.argmax(1)]
-    out["confidence"] = probs.max(1)
-    for i, name in enumerate(CLASSES):
-        out[f"prob_{name}"] = probs[:, i]
-    for member, p in members.items():
-        out[f"pred_{member}"] = [CLASSES[i] for i in p.argmax(1)]
-    write_csv(run_dir / "predictions.csv", out)
+    if info["demo"]:
+        info["note"] = "SYNTHETIC demo data: these numbers say nothing about real foot ulcers"
+    return info
 
 
 def _log_comparison(report: Mapping) -> None:

@@ -19,7 +19,6 @@ import torch
 from pipelines.config import check_declared, load_defaults
 from pipelines.core.device import Context
 from pipelines.core.errors import ConfigError, DataError
-from pipelines.core.io import write_csv, write_json
 from pipelines.datasets.images import ArrayImageDataset
 from pipelines.datasets.medmnist import CATALOG, MedMNISTData, check_flag, read_medmnist
 from pipelines.datasets.medmnist_demo import write_demo_medmnist
@@ -30,15 +29,8 @@ from pipelines.engine.classification import (
     load_best_model,
     selected_epoch,
 )
+from pipelines.engine.evaluation import Predicted, Scoring, write_report
 from pipelines.engine.losses import build_loss, class_weights
-from pipelines.engine.metrics import (
-    bootstrap_ci,
-    classification_metrics,
-    multilabel_metrics,
-    official_acc,
-    official_auc,
-)
-from pipelines.engine.plots import plot_confusion_matrix
 from pipelines.engine.robustness import RobustnessData
 from pipelines.models import checkpoint_saver
 from pipelines.runs import PREDICTIONS as PREDICTIONS  # predictions.csv: one row per test image
@@ -102,31 +94,11 @@ def _dataset(data: MedMNISTData, split: str, augment: str, image_size: int) -> A
     return ArrayImageDataset(data.images[split], data.labels[split], build_transform(augment, image_size))
 
 
-def _scores(data: MedMNISTData, labels: np.ndarray, probs: np.ndarray, bootstrap: int = 0, seed: int = 0) -> dict:
-    """The official ACC/AUC plus the package's usual classification metrics (and CIs when asked)."""
-    if data.multilabel:
-        metrics = multilabel_metrics(labels, probs, data.class_names)
-    else:
-        metrics = classification_metrics(labels, probs, data.class_names, bootstrap=bootstrap, seed=seed)
-    metrics["acc"] = official_acc(labels, probs, data.task)
-    metrics["auc"] = _safe(official_auc, data.task)(labels, probs)
-    if bootstrap:
-        metrics.setdefault("ci95", {})
-        for key, fn in (("acc", official_acc), ("auc", official_auc)):
-            metrics["ci95"][key] = bootstrap_ci(labels, probs, _safe(fn, data.task), bootstrap, seed)
-    return metrics
-
-
-def _safe(fn, task: str):
-    """The metric, or NaN where a resample lacks a class (AUC undefined)."""
-
-    def metric(y, p):
-        try:
-            return fn(y, p, task)
-        except ValueError:
-            return float("nan")
-
-    return metric
+def _scoring(data: MedMNISTData, cfg: Mapping) -> Scoring:
+    """The package's scores plus the official ACC/AUC of the data set's task; no groups (MedMNIST has no
+    patient ids), so the intervals resample images."""
+    return Scoring(data.class_names, multilabel=data.multilabel, official=data.task,
+                   bootstrap=int(cfg["eval"]["bootstrap"]), seed=int(cfg["seed"]))
 
 
 def _spec(cfg: Mapping, data: MedMNISTData):
@@ -171,7 +143,7 @@ def train(cfg: Mapping, run_dir: Path, ctx: Context, data: MedMNISTData | None =
         build_model(cfg, len(data.class_names)), loss,
         _dataset(data, "train", t["augment"], d["image_size"]), _dataset(data, "val", "none", d["image_size"]),
         data.class_names, t["batch_size"], d["workers"], int(cfg["seed"]), ctx, sample_weights=sample_weights,
-        scorer=functools.partial(_scores, data), multilabel=data.multilabel, amp=t["amp"],
+        scorer=_scoring(data, cfg), multilabel=data.multilabel, amp=t["amp"],
         channels_last=t["channels_last"],
     )
     Runner(kind, Settings.from_train(t), run_dir, ctx, save=checkpoint_saver(_spec(cfg, data)), cfg=cfg).fit()
@@ -184,43 +156,33 @@ def evaluate(cfg: Mapping, run_dir: Path, ctx: Context, data: MedMNISTData | Non
     data = data if data is not None else load_data(cfg)
     d, e = cfg["data"], cfg["eval"]
     model = load_best_model(run_dir, _spec(cfg, data)).to(ctx.device)
-    report: dict = {}
+    predicted = {}
     for split in ("val", "test"):
         loader = make_loader(_dataset(data, split, "none", d["image_size"]), e["batch_size"], d["workers"],
                              int(cfg["seed"]), device=ctx.device)
         probs = predict(model, loader, ctx.device, cfg["train"]["amp"], desc=f"evaluate {split}",
                         multilabel=data.multilabel)
         labels = data.labels[split]
-        report[split] = _scores(data, labels, probs, e["bootstrap"] if split == "test" else 0, int(cfg["seed"]))
-        if "confusion_matrix" in report[split]:
-            plot_confusion_matrix(report[split]["confusion_matrix"], data.class_names,
-                                  run_dir / "plots" / f"confusion_matrix{'' if split == 'test' else '_val'}.png",
-                                  title=split)
-        if split == "test":
-            _write_predictions(run_dir, labels, probs, data)
-    report["info"] = {
+        predicted[split] = Predicted(_rows(labels, data), labels, probs)
+    info = {
         "task": "medmnist", "dataset": data.flag, "size": data.size, "task_type": data.task,
         "image_size": d["image_size"], "demo": bool(cfg["run"]["demo"]), "selected_epoch": selected_epoch(run_dir),
         "monitor": f"val_{cfg['train']['monitor']}", "protocol": "selected on val; test evaluated once",
     }
-    if report["info"]["demo"]:
-        report["info"]["note"] = "SYNTHETIC demo data: these numbers say nothing about real ultrasound"
-    write_json(run_dir / "metrics.json", report)
-    return report
+    if info["demo"]:
+        info["note"] = "SYNTHETIC demo data: these numbers say nothing about real ultrasound"
+    return write_report(run_dir, predicted, _scoring(data, cfg), info)
 
 
-def _write_predictions(run_dir: Path, labels: np.ndarray, probs: np.ndarray, data: MedMNISTData) -> None:
-    out = pd.DataFrame({"index": np.arange(len(labels))})
+def _rows(labels: np.ndarray, data: MedMNISTData) -> pd.DataFrame:
+    """The sample columns of predictions.csv: the image's ``index`` in its split, its label (or 0/1 labels)."""
+    rows = pd.DataFrame({"index": np.arange(len(labels))})
     if data.multilabel:
         for i, name in enumerate(data.class_names):
-            out[f"label_{name}"] = labels[:, i]
+            rows[f"label_{name}"] = labels[:, i]
     else:
-        out["label"] = [data.class_names[i] for i in labels]
-        out["pred"] = [data.class_names[i] for i in probs.argmax(1)]
-        out["confidence"] = probs.max(1)
-    for i, name in enumerate(data.class_names):
-        out[f"prob_{name}"] = probs[:, i]
-    write_csv(run_dir / "predictions.csv", out)
+        rows["label"] = [data.class_names[i] for i in labels]
+    return rows
 
 
 def robustness_data(cfg: Mapping, run_dir: Path) -> RobustnessData:
@@ -278,8 +240,7 @@ def _test_split(data_json: str, stamp: float) -> np.ndarray:
 def summary_lines(split: str, m: Mapping) -> list[str]:
     """The classification line plus MedMNIST's official ACC/AUC with their intervals."""
     from pipelines.engine.classification import summary_lines as classification_lines
+    from pipelines.engine.classification import with_interval
 
-    ci = m.get("ci95", {})
-    cis = {k: " [{:.3f}, {:.3f}]".format(*ci[k]) if ci.get(k) else "" for k in ("acc", "auc")}
     return [*classification_lines(split, m),
-            f"{split}: official ACC {m['acc']:.3f}{cis['acc']}, AUC {m['auc']:.3f}{cis['auc']}"]
+            f"{split}: official ACC {with_interval(m, 'acc')}, AUC {with_interval(m, 'auc')}"]
