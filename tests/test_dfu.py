@@ -112,6 +112,13 @@ def test_demo_ensemble_learns_and_reports_baseline_against_extended(tmp_path):
     assert set(metrics["comparison"]) == {"baseline", "extended"}
     for scores in metrics["comparison"].values():
         assert {"macro_f1", *[f"f1_{c}" for c in CLASSES]} <= set(scores["test"])
+        lo, hi = scores["test"]["ci95"]["macro_f1"]  # the ensembles' intervals, groups resampled
+        assert lo <= scores["test"]["macro_f1"] <= hi
+    assert set(test["ci95"]) == {"accuracy", "balanced_accuracy", "macro_f1", "roc_auc"}
+    assert test["bootstrap"]["unit"] == "near_duplicate_group" and test["near_duplicate_group_level"]["n"] <= test["n"]
+    for member in [run / "stages" / s / b for s in info["stages"] for b in info["members"]] + [run / "synthesis"]:
+        assert {"config.yaml", "environment.json", "split.csv"} <= {p.name for p in member.iterdir()}, member
+    assert main(["eval", str(run / "stages" / "baseline" / "efficientnet_b0")]) == 2  # a member: eval the run
 
     split = pd.read_csv(run / "split.csv", dtype=str, keep_default_na=False)
     truth = pd.read_csv(root / "demo_truth.csv", dtype=str, keep_default_na=False).set_index("image")
@@ -145,6 +152,8 @@ def test_demo_ensemble_learns_and_reports_baseline_against_extended(tmp_path):
     np.testing.assert_allclose(submission[list(CLASSES)].sum(axis=1), 1, atol=1e-4)
     predictions = pd.read_csv(run / "predictions.csv")
     assert len(predictions) == test["n"] and {"pred", "pred_efficientnet_b0", "prob_both"} <= set(predictions.columns)
+    member_probs = predictions[[f"member_efficientnet_b1_prob_{c}" for c in CLASSES]].to_numpy()
+    np.testing.assert_allclose(member_probs.sum(axis=1), 1, atol=1e-4)
 
     assert main(["eval", str(run), "--device", "cpu"]) == 0  # from the run folder alone
     again = json.loads((run / "metrics.json").read_text())

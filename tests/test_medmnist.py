@@ -149,6 +149,10 @@ def test_demo_medvitv2_learns_and_selects_on_validation(demo_run):
     assert metrics["info"]["protocol"].startswith("selected on val")
     predictions = pd.read_csv(demo_run / "predictions.csv")
     assert len(predictions) == 156 and {"prob_malignant", "prob_normal, benign"} <= set(predictions.columns)
+    assert set(test["ci95"]) == {"accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "acc", "auc"}
+    assert test["bootstrap"]["unit"] == "sample" and "group_level" not in test  # MedMNIST has no patient ids
+    split = pd.read_csv(demo_run / "split.csv")
+    assert split["split"].value_counts().to_dict() == {"train": 546, "test": 156, "val": 78}
 
 
 @pytest.mark.slow

@@ -34,6 +34,7 @@ from pipelines.engine.losses import build_loss, class_weights
 from pipelines.engine.robustness import RobustnessData
 from pipelines.models import checkpoint_saver
 from pipelines.runs import PREDICTIONS as PREDICTIONS  # predictions.csv: one row per test image
+from pipelines.runs import SPLIT, write_split
 from pipelines.training import ClassifierKind, Runner, Settings, make_loader, predict, seed_everything
 from pipelines.transforms.augment import build_transform
 
@@ -126,8 +127,8 @@ def split_table(data: MedMNISTData) -> pd.DataFrame:
 def train(cfg: Mapping, run_dir: Path, ctx: Context, data: MedMNISTData | None = None) -> None:
     """Train into ``run_dir`` (continuing from its last checkpoint if it has one), then evaluate."""
     data = data if data is not None else load_data(cfg)
-    if ctx.is_main and not (run_dir / "split.csv").is_file():
-        write_csv(run_dir / "split.csv", split_table(data))
+    if ctx.is_main and not (run_dir / SPLIT).is_file():
+        write_split(run_dir, split_table(data))
     d, t = cfg["data"], cfg["train"]
     counts = {s: len(v) for s, v in data.labels.items()}
     log.info("%s %d px (%s, %d classes) from %s: %s images; network input %d px", data.flag, data.size,
