@@ -105,7 +105,7 @@ def _dfu_worker(rank: int, port: int, root: str, output: str) -> None:
 def test_dfu_under_torchrun_writes_evaluates_and_synthesises_on_rank_0_only(tmp_path):
     from pipelines.datasets.dfu_demo import write_demo_dfuc
 
-    root = write_demo_dfuc(tmp_path / "dfuc", n_labelled=100, n_unlabelled=30, n_unlisted=4, size=32)
+    root = write_demo_dfuc(tmp_path / "dfuc", n_labelled=120, n_unlabelled=40, n_unlisted=4, size=32)
     _spawn(_dfu_worker, str(root), str(tmp_path / "runs"))
     written = json.loads((tmp_path / "runs" / "written_by_rank1.json").read_text())
     assert [p for p in written if Path(p).is_relative_to(tmp_path)] == []  # (torch may make its own cache folders)

@@ -21,7 +21,7 @@ import pandas as pd
 
 __all__ = ["resample_weights", "weighted_auc", "classification_intervals", "multilabel_intervals", "percentile"]
 
-_CHUNK = 1 << 22  # weights held at once (resamples x samples), about 32 MB of float64
+_CHUNK = 1 << 20  # weights held at once (resamples x samples), 8 MB of float64
 
 
 def resample_weights(n_samples: int, n: int, seed: int = 0, clusters: Sequence | None = None) -> Iterator[np.ndarray]:
@@ -52,15 +52,18 @@ def weighted_auc(weights: np.ndarray, positive: np.ndarray, score: np.ndarray) -
     a resample holds no positive or no negative sample."""
     order = np.argsort(score, kind="mergesort")
     ranked = np.asarray(score)[order]
-    starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])  # blocks of tied scores
+    new_block = np.r_[True, ranked[1:] != ranked[:-1]]
+    first = np.maximum.accumulate(np.where(new_block, np.arange(len(ranked)), 0))  # each tie block's first
+    last = np.r_[np.flatnonzero(new_block)[1:], len(ranked)][np.cumsum(new_block) - 1]  # ... and one past its last
     w = weights[:, order]
-    pos = np.asarray(positive, dtype=bool)[order]
-    wp = np.add.reduceat(w * pos, starts, axis=1)
-    wn = np.add.reduceat(w * ~pos, starts, axis=1)
-    below = np.cumsum(wn, axis=1) - wn
-    total_p, total_n = wp.sum(1), wn.sum(1)
+    wp = w * np.asarray(positive, dtype=bool)[order]
+    negatives = np.zeros((len(w), len(ranked) + 1))
+    np.cumsum(w - wp, axis=1, out=negatives[:, 1:])  # negative weight below each position
+    below = negatives[:, first]
+    tied = negatives[:, last] - below
+    total_p, total_n = wp.sum(1), negatives[:, -1]
     with np.errstate(invalid="ignore", divide="ignore"):
-        auc = (wp * (below + 0.5 * wn)).sum(1) / (total_p * total_n)
+        auc = (wp * (below + 0.5 * tied)).sum(1) / (total_p * total_n)
     return np.where((total_p > 0) & (total_n > 0), auc, np.nan)
 
 
@@ -87,20 +90,19 @@ def _single_label(w: np.ndarray, y: np.ndarray, probs: np.ndarray, official: str
             "balanced_accuracy": np.nanmean(np.where(present, recall, np.nan), axis=1),
             "macro_f1": _ratio(2 * tp, true + predicted, 0.0).mean(1),
         }
+    one_vs_rest = k > 2 or official not in (None, "binary-class")
+    every = np.stack([weighted_auc(w, y == c, probs[:, c]) for c in range(k)], 1) if one_vs_rest else None
     if k == 2:
         out["roc_auc"] = weighted_auc(w, y == 1, probs[:, 1])
-    else:
-        aucs = np.stack([np.where(present[:, c], weighted_auc(w, y == c, probs[:, c]), np.nan) for c in range(k)], 1)
+    else:  # the mean over the classes present (a class without samples gives NaN)
         with np.errstate(invalid="ignore"):
-            mean = np.nanmean(np.where(np.isnan(aucs).all(1, keepdims=True), 0, aucs), axis=1)
+            mean = np.nanmean(np.where(np.isnan(every).all(1, keepdims=True), 0, every), axis=1)
         out["roc_auc"] = np.where(present.sum(1) >= 2, mean, np.nan)
-    if official:
-        if official == "binary-class":
-            out["acc"] = _ratio(w @ ((probs[:, -1] > 0.5) == (y == k - 1)).astype(float), total, np.nan)
-            out["auc"] = weighted_auc(w, y == k - 1, probs[:, -1])
-        else:  # multi-class and ordinal: argmax accuracy, mean one-vs-rest AUC over every class
-            out["acc"] = out["accuracy"]
-            out["auc"] = np.mean([weighted_auc(w, y == c, probs[:, c]) for c in range(k)], axis=0)
+    if official == "binary-class":
+        out["acc"] = _ratio(w @ ((probs[:, -1] > 0.5) == (y == k - 1)).astype(float), total, np.nan)
+        out["auc"] = out["roc_auc"] if k == 2 else weighted_auc(w, y == k - 1, probs[:, -1])
+    elif official:  # multi-class and ordinal: argmax accuracy, mean one-vs-rest AUC over every class (NaN if one lacks)
+        out["acc"], out["auc"] = out["accuracy"], every.mean(1)
     return out
 
 
