@@ -90,11 +90,10 @@ def _dfu_worker(rank: int, port: int, root: str, output: str) -> None:
 
         os.replace, os.mkdir = recording_replace, recording_mkdir
     from pipelines.cli import main
+    from pipelines.tasks import dfu
 
-    sets = ["model.backbones=[efficientnet_b0]", "data.image_size=32", "train.epochs=1", "train.warmup_epochs=0",
-            "train.batch_size=16",
-            "pseudo.threshold=0.3", "pseudo.max_per_class=5", "synth.steps=2", "synth.size=32", "synth.ngf=4",
-            "synth.n_downsampling=1", "synth.n_blocks=1", "synth.ratio=1", "eval.bootstrap=10"]
+    sets = [f"{k}={v}" for k, v in dfu.SMOKE_OVERRIDES.items()]  # the contract test's smallest run, and
+    sets += ["pseudo.threshold=0.05", "pseudo.max_per_class=4"]  # pseudo-labels that rank 1 must receive
     code = main(["run", "dfu", "--demo", "--data-root", root, "--output", output, "--device", "cpu",
                  *[a for s in sets for a in ("--set", s)]])
     assert code == 0, code
@@ -103,9 +102,9 @@ def _dfu_worker(rank: int, port: int, root: str, output: str) -> None:
 
 @pytest.mark.slow
 def test_dfu_under_torchrun_writes_evaluates_and_synthesises_on_rank_0_only(tmp_path):
-    from pipelines.datasets.dfu_demo import write_demo_dfuc
+    from pipelines.tasks import dfu
 
-    root = write_demo_dfuc(tmp_path / "dfuc", n_labelled=120, n_unlabelled=40, n_unlisted=4, size=32)
+    root = dfu.prepare_demo(tmp_path / "data", small=True)
     _spawn(_dfu_worker, str(root), str(tmp_path / "runs"))
     written = json.loads((tmp_path / "runs" / "written_by_rank1.json").read_text())
     assert [p for p in written if Path(p).is_relative_to(tmp_path)] == []  # (torch may make its own cache folders)
