@@ -53,7 +53,7 @@ def _toc3d_model_cfg() -> dict:
 
 
 def _p2p():
-    from pipelines.synthesis.train import Pix2PixHDSpec
+    from pipelines.synthesis.spec import Pix2PixHDSpec
 
     return Pix2PixHDSpec(input_nc=2, ngf=4, n_downsampling=1, n_blocks=1, ndf=8, n_layers=2, size=32,
                          channels=("background", "wound"))

@@ -27,6 +27,7 @@ from pipelines.synthesis import (
     train_pix2pixhd,
 )
 from pipelines.synthesis import train as synth_train
+from pipelines.synthesis.pix2pixhd import init_weights
 from tests.conftest import SHARED
 from tests.test_cli import assert_one_line_error, run_cli
 
@@ -246,7 +247,7 @@ def test_trains_on_the_real_fuseg_pairs(fuseg, tmp_path):
     fake = generate(generator, masks, device="cpu")
     torch.manual_seed(0)
     untrained = spec.build_generator()
-    synth_train.init_weights(untrained)
+    init_weights(untrained)
     before = generate(untrained, masks, device="cpu")
     l1 = {name: np.abs(x.astype(float) - real).mean() for name, x in (("trained", fake), ("untrained", before))}
     assert l1["trained"] < 0.7 * l1["untrained"], l1

@@ -75,7 +75,7 @@ def _detector(spec: ModelSpec) -> nn.Module:
 
 @register_kind("generator")
 def _generator(spec: ModelSpec) -> nn.Module:
-    from pipelines.synthesis.train import Pix2PixHDSpec
+    from pipelines.synthesis.spec import Pix2PixHDSpec
 
     return Pix2PixHDSpec(**spec.args).build_generator()
 
@@ -130,7 +130,7 @@ def detector_spec(model_cfg: Mapping, classes: Sequence[str], task: str = "toc3d
 
 
 def generator_spec(p2p, task: str = "") -> ModelSpec:
-    """A pix2pixHD generator from its :class:`~pipelines.synthesis.train.Pix2PixHDSpec`: label maps in, an
+    """A pix2pixHD generator from its :class:`~pipelines.synthesis.spec.Pix2PixHDSpec`: label maps in, an
     image in [-1, 1] out."""
     args = asdict(p2p)
     args["channels"] = list(args["channels"])

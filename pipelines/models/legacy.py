@@ -65,7 +65,7 @@ def _segmenter(file: Path, text: str) -> ModelSpec:
 
 
 def _generator(file: Path, text: str) -> ModelSpec:
-    from pipelines.synthesis.train import Pix2PixHDSpec
+    from pipelines.synthesis.spec import Pix2PixHDSpec
 
     return generator_spec(Pix2PixHDSpec.from_json(text))
 

@@ -9,6 +9,8 @@ Example:
     (1, 128, 128, 3)
 """
 
+from pipelines.synthesis.generator import generate, label_map_rgb, load_generator, save_grid
+from pipelines.synthesis.masks import instance_edges, mask_label_map, mask_pairs, read_mask_pairs
 from pipelines.synthesis.pix2pixhd import (
     GlobalGenerator,
     LocalEnhancer,
@@ -18,19 +20,8 @@ from pipelines.synthesis.pix2pixhd import (
     feature_matching_loss,
     lsgan_loss,
 )
-from pipelines.synthesis.train import (
-    Pix2PixHDSpec,
-    generate,
-    instance_edges,
-    label_map_rgb,
-    load_generator,
-    mask_label_map,
-    mask_pairs,
-    read_mask_pairs,
-    save_grid,
-    summarize_history,
-    train_pix2pixhd,
-)
+from pipelines.synthesis.spec import Pix2PixHDSpec
+from pipelines.synthesis.train import summarize_history, train_pix2pixhd
 
 __all__ = [
     "Pix2PixHDSpec",

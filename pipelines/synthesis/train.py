@@ -41,27 +41,12 @@ from torch import nn
 
 from pipelines.core.device import Context, resolve_device
 from pipelines.core.errors import ConfigError, DataError
-from pipelines.synthesis.generator import generate, label_map_rgb, load_generator, save_grid
-from pipelines.synthesis.masks import instance_edges, mask_label_map, mask_pairs, read_mask_pairs
+from pipelines.synthesis.generator import generate, label_map_rgb, save_grid
 from pipelines.synthesis.pix2pixhd import VGGLoss, feature_matching_loss, init_weights, lsgan_loss
 from pipelines.synthesis.spec import Pix2PixHDSpec
 from pipelines.training import Runner, Settings
 
-__all__ = [
-    "Pix2PixHDSpec",
-    "Pix2PixHDKind",
-    "train_pix2pixhd",
-    "load_generator",
-    "generate",
-    "label_map_rgb",
-    "save_grid",
-    "mask_label_map",
-    "instance_edges",
-    "mask_pairs",
-    "read_mask_pairs",
-    "summarize_history",
-    "init_weights",
-]
+__all__ = ["Pix2PixHDKind", "train_pix2pixhd", "summarize_history"]
 
 log = logging.getLogger(__name__)
 

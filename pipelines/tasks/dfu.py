@@ -276,8 +276,8 @@ def _synthesise(data: DfuData, cfg: Mapping, ctx: Context) -> None:
 
 
 def _synthesise_on_main(data: DfuData, cfg: Mapping, ctx: Context) -> pd.DataFrame:
+    from pipelines.synthesis import Pix2PixHDSpec, generate, load_generator, train_pix2pixhd
     from pipelines.synthesis.conditioning import class_label_map, dihedral, edge_map
-    from pipelines.synthesis.train import Pix2PixHDSpec, generate, load_generator, train_pix2pixhd
 
     s, seed = cfg["synth"], int(cfg["seed"])
     # the generator learns from the real training images of the classes it is to draw, so that their
