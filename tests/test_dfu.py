@@ -77,6 +77,13 @@ def test_config_mistakes_are_one_line_errors(sets, message):
         dfu.validate(_cfg(*sets))
 
 
+def test_a_members_config_is_refused_with_the_run_it_belongs_to():
+    cfg = _cfg()
+    cfg["run"]["part_of"] = "../../.."
+    with pytest.raises(ConfigError, match=r"part of a DFU run \(\.\./\.\./\.\. from it\); resume that run"):
+        dfu.validate(cfg)
+
+
 def test_label_maps_for_the_generator():
     rng = np.random.default_rng(0)
     image = np.full((80, 80, 3), 120, np.uint8)

@@ -91,6 +91,8 @@ def defaults() -> dict:
 
 
 def validate(cfg: Mapping) -> None:
+    if cfg.get("run", {}).get("part_of"):  # a member's or the generator's own config.yaml
+        raise ConfigError(f"this folder is part of a DFU run ({cfg['run']['part_of']} from it); resume that run")
     check_declared(cfg, DEFAULTS)
     m, p, s = cfg["model"], cfg["pseudo"], cfg["synth"]
     if not m["backbones"] or not all(isinstance(b, str) for b in m["backbones"]):
