@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 from pipelines.core.errors import ConfigError, PipelinesError, one_line
+from pipelines.runs.folder import METRICS_FILE
 
 log = logging.getLogger("pipelines")
 
@@ -226,7 +227,7 @@ def _summary(task, run_dir: Path) -> None:
     """The task's headline lines for val and test (its ``summary_lines``), then the run's note."""
     import json
 
-    path = run_dir / "metrics.json"
+    path = run_dir / METRICS_FILE
     if not path.is_file():
         return
     metrics = json.loads(path.read_text())

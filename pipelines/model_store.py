@@ -23,6 +23,7 @@ from pipelines.core.io import atomic_write_bytes, file_sha256, write_json
 from pipelines.models import ModelSpec, read_spec, save_model
 from pipelines.models import load_model as load_saved
 from pipelines.runs import check_run_dir
+from pipelines.runs.folder import METRICS_FILE
 from pipelines.tasks import get_task
 
 __all__ = ["WEIGHTS", "CARD", "StoredModel", "export_to_store", "list_models", "load_model", "card_markdown"]
@@ -64,7 +65,7 @@ def check_name(name: str) -> str:
 def _metrics(run_dir: Path, headline: tuple[str, ...]) -> dict:
     """The task's headline metrics of val and test (with n, intervals and per-class scores) and how the
     checkpoint was selected."""
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = json.loads((run_dir / METRICS_FILE).read_text())
     out = {}
     for split in ("val", "test"):
         m = metrics.get(split) or {}
@@ -93,7 +94,7 @@ def export_to_store(run_dir: str | Path, name: str, store: str | Path = "models"
     if (Path(store) / name).exists() and not force:
         raise ConfigError(f"model store entry {Path(store) / name} exists; pass --force to replace it or choose "
                           "another --name")
-    if not (run_dir / "metrics.json").is_file():
+    if not (run_dir / METRICS_FILE).is_file():
         raise ConfigError(f"{run_dir} has no metrics.json; let the run finish or run 'pipelines eval {run_dir}'")
     loaded = load_saved(run_dir)
     spec = loaded.spec

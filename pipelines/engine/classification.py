@@ -27,6 +27,7 @@ from pipelines.engine.losses import build_loss, class_weights
 from pipelines.models import ModelSpec, checkpoint_saver, classifier_spec, load_model, read_spec, resolve_weights
 from pipelines.models.files import build_from_file
 from pipelines.runs import read_config
+from pipelines.runs.folder import BEST_WEIGHTS, HISTORY
 from pipelines.training import ClassifierKind, Runner, Settings, make_loader, predict, seed_everything
 from pipelines.transforms.augment import build_transform
 
@@ -138,7 +139,7 @@ def load_best_model(run_dir: Path, spec_if_missing: ModelSpec | None = None) -> 
 def init_from_run(model: nn.Module, run_dir: str | Path, backbone: str) -> None:
     """Start from another run's best weights except its head (binary -> 8-class transfer)."""
     run_dir = Path(run_dir)
-    weights = run_dir / "checkpoints" / "best.safetensors"
+    weights = run_dir / BEST_WEIGHTS
     if not weights.is_file():
         raise ConfigError(f"model.init_from={run_dir} has no checkpoints/best.safetensors; let it finish first")
     source = load_model(run_dir).spec
@@ -206,7 +207,7 @@ def evaluate_classifier(data: LabelledImages, cfg: Mapping, run_dir: Path, ctx: 
 
 def selected_epoch(run_dir: Path) -> int | None:
     """The epoch whose checkpoint is ``best.safetensors`` (the last row marked best in history.csv)."""
-    history = Path(run_dir) / "history.csv"
+    history = Path(run_dir) / HISTORY
     if not history.is_file():
         return None
     best = pd.read_csv(history).query("best")

@@ -29,6 +29,7 @@ from pipelines.engine.metrics import (
     official_auc,
 )
 from pipelines.engine.plots import plot_confusion_matrix
+from pipelines.runs.folder import METRICS_FILE, PREDICTIONS
 
 __all__ = ["HEADLINE", "OFFICIAL", "Scoring", "Predicted", "score_split", "compact_scores", "write_predictions",
            "write_report"]
@@ -165,8 +166,8 @@ def write_report(run_dir: Path, predicted: Mapping[str, Predicted], scoring: Sco
                                   run_dir / "plots" / f"confusion_matrix{'' if split == 'test' else f'_{split}'}.png",
                                   title=split)
         if split == "test":
-            write_predictions(run_dir / "predictions.csv", p.rows, p.probs, scoring.class_names, scoring.multilabel,
+            write_predictions(run_dir / PREDICTIONS, p.rows, p.probs, scoring.class_names, scoring.multilabel,
                               p.members)
     report["info"] = dict(info)
-    write_json(run_dir / "metrics.json", report)
+    write_json(run_dir / METRICS_FILE, report)
     return report

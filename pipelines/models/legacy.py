@@ -28,6 +28,7 @@ from pipelines.models.kinds import (
     segmenter_spec,
 )
 from pipelines.models.spec import ModelSpec
+from pipelines.runs.folder import BEST_WEIGHTS, CONFIG, METRICS_FILE
 
 __all__ = ["from_header", "from_card", "is_ensemble_run", "ensemble_run"]
 
@@ -38,7 +39,7 @@ PIX2PIXHD_KEY = "pipelines.pix2pixhd"
 def _config(run_dir: Path) -> dict:
     from pipelines.config import load_yaml
 
-    return load_yaml(run_dir / "config.yaml")
+    return load_yaml(run_dir / CONFIG)
 
 
 def _run_of(file: Path) -> Path | None:
@@ -46,10 +47,10 @@ def _run_of(file: Path) -> Path | None:
     if file.parent.name != "checkpoints":
         return None
     folder = file.parent.parent
-    if (folder / "config.yaml").is_file():
+    if (folder / CONFIG).is_file():
         return folder
     stage_run = folder.parent.parent.parent  # RUN/stages/<stage>/<backbone>/checkpoints
-    if folder.parent.parent.name == "stages" and (stage_run / "config.yaml").is_file():
+    if folder.parent.parent.name == "stages" and (stage_run / CONFIG).is_file():
         return folder
     return None
 
@@ -90,7 +91,7 @@ def _classifier_run(run_dir: Path) -> ModelSpec:
 
         return classifier_spec(run_dir.name, CLASSES, int(cfg["data"]["image_size"]), task,
                                drop_rate=cfg["model"].get("drop_rate", 0.0))
-    metrics = run_dir / "metrics.json"
+    metrics = run_dir / METRICS_FILE
     if not metrics.is_file():
         raise WeightsError(f"{run_dir} has no metrics.json (an unfinished run without a model spec); let it "
                            f"finish or run 'pipelines eval {run_dir}'")
@@ -138,7 +139,7 @@ def from_header(file: Path, meta: dict[str, str]) -> tuple[nn.Module, ModelSpec]
 
 def is_ensemble_run(run_dir: Path) -> bool:
     """A DFU-style run folder: ``model.backbones`` in its config and members under ``stages/``."""
-    if not ((run_dir / "config.yaml").is_file() and (run_dir / "stages").is_dir()):
+    if not ((run_dir / CONFIG).is_file() and (run_dir / "stages").is_dir()):
         return False
     return bool(_config(run_dir).get("model", {}).get("backbones"))
 
@@ -151,7 +152,7 @@ def ensemble_run(run_dir: Path) -> tuple[nn.Module, ModelSpec]:
     cfg = _config(run_dir)
     final = stages(cfg)[-1]
     folders = [run_dir / "stages" / final / b for b in cfg["model"]["backbones"]]
-    missing = [f for f in folders if not (f / "checkpoints" / "best.safetensors").is_file()]
+    missing = [f for f in folders if not (f / BEST_WEIGHTS).is_file()]
     if missing:
         raise WeightsError(f"{missing[0]} has no checkpoints/best.safetensors; resume the run: "
                            f"pipelines run dfu --resume {run_dir}")

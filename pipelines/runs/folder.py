@@ -34,7 +34,8 @@ from pipelines.core.io import atomic_write_text, write_csv, write_json
 
 __all__ = [
     "CONFIG", "ENVIRONMENT", "SPLIT", "HISTORY", "METRICS_FILE", "PREDICTIONS", "CHECKPOINTS", "BEST_WEIGHTS",
-    "LAST_WEIGHTS", "LAST_STATE", "PLOTS", "OVERLAYS", "ROBUSTNESS", "ROBUSTNESS_RELATIVE", "ROBUSTNESS_SUMMARY",
+    "LAST_WEIGHTS", "LAST_STATE", "BEST_NAME", "LAST_NAME", "STATE_NAME", "PLOTS",
+    "TRAINING_CURVES", "OVERLAYS", "ROBUSTNESS", "ROBUSTNESS_RELATIVE", "ROBUSTNESS_SUMMARY",
     "TILES", "ABLATION", "BENCHMARKS", "create_run_dir", "write_config", "read_config", "write_environment",
     "write_split", "write_run_files", "check_run_dir",
 ]
@@ -46,10 +47,13 @@ HISTORY = "history.csv"
 METRICS_FILE = "metrics.json"
 PREDICTIONS = "predictions.csv"
 CHECKPOINTS = "checkpoints"
-BEST_WEIGHTS = f"{CHECKPOINTS}/best.safetensors"
-LAST_WEIGHTS = f"{CHECKPOINTS}/last.safetensors"
-LAST_STATE = f"{CHECKPOINTS}/last_state.pt"
+BEST_NAME, LAST_NAME, STATE_NAME = "best.safetensors", "last.safetensors", "last_state.pt"
+"""The checkpoint files by name, for a checkpoint folder other than the run's own (a generator's)."""
+BEST_WEIGHTS = f"{CHECKPOINTS}/{BEST_NAME}"
+LAST_WEIGHTS = f"{CHECKPOINTS}/{LAST_NAME}"
+LAST_STATE = f"{CHECKPOINTS}/{STATE_NAME}"
 PLOTS = "plots"
+TRAINING_CURVES = f"{PLOTS}/training_curves.png"
 OVERLAYS = f"{PLOTS}/overlays"
 ROBUSTNESS = "robustness.csv"
 ROBUSTNESS_RELATIVE = "robustness_relative.csv"

@@ -41,6 +41,7 @@ from torch import nn
 
 from pipelines.core.device import Context, resolve_device
 from pipelines.core.errors import ConfigError, DataError
+from pipelines.runs.folder import STATE_NAME
 from pipelines.synthesis.generator import generate, label_map_rgb, save_grid
 from pipelines.synthesis.pix2pixhd import VGGLoss, feature_matching_loss, init_weights, lsgan_loss
 from pipelines.synthesis.spec import Pix2PixHDSpec
@@ -181,7 +182,7 @@ def train_pix2pixhd(
     vgg = VGGLoss(vgg_weights).to(ctx.device) if vgg_weights else None
     kind = Pix2PixHDKind(spec, labels, photos, out_dir, batch_size, lr, betas, lambda_feat, vgg, ctx.device, seed,
                          flip, sample_every)
-    if not (out_dir / "last_state.pt").is_file():
+    if not (out_dir / STATE_NAME).is_file():
         n_g, n_d = (sum(p.numel() for p in net.parameters()) / 1e6 for net in kind.model.values())
         log.info("pix2pixHD: %d pairs at %d px, generator %.1fM and discriminator %.1fM parameters, %d steps of "
                  "batch %d on %s -> %s", len(labels), spec.size, n_g, n_d, total, batch_size, ctx.device, out_dir)

@@ -29,6 +29,7 @@ from pipelines.engine.classification import (
 from pipelines.engine.classification import summary_lines as summary_lines  # the task's headline
 from pipelines.engine.robustness import RobustnessData
 from pipelines.runs import PREDICTIONS as PREDICTIONS  # predictions.csv: one row per test image
+from pipelines.runs.folder import SPLIT
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ def build_split(cfg: Mapping) -> pd.DataFrame:
 
 def load_data(cfg: Mapping, run_dir: Path | None = None) -> LabelledImages:
     """The run's split.csv if it has one (resume, eval), else a new scan and split of ``data.root``."""
-    path = run_dir / "split.csv" if run_dir else None
+    path = run_dir / SPLIT if run_dir else None
     if path and path.is_file():
         table = pd.read_csv(path, dtype={"group": str, "patient": str, "magnification": str})
     else:
@@ -135,8 +136,8 @@ def load_data(cfg: Mapping, run_dir: Path | None = None) -> LabelledImages:
 def train(cfg: Mapping, run_dir: Path, ctx: Context, data: LabelledImages | None = None) -> None:
     """Train into ``run_dir`` (continuing from its last checkpoint if it has one), then evaluate."""
     data = data if data is not None else load_data(cfg, run_dir)
-    if ctx.is_main and not (run_dir / "split.csv").is_file():
-        write_csv(run_dir / "split.csv", data.table)
+    if ctx.is_main and not (run_dir / SPLIT).is_file():
+        write_csv(run_dir / SPLIT, data.table)
     counts = data.table.groupby("split")["group"].nunique().to_dict()
     log.info("BreakHis %s: %d images, patients per split %s", cfg["data"]["task"], len(data.table), counts)
     train_classifier(data, cfg, run_dir, ctx)
@@ -172,7 +173,7 @@ def robustness_data(cfg: Mapping, run_dir: Path) -> RobustnessData:
 def card_facts(cfg: Mapping, run_dir: Path) -> dict:
     """What a model card says about a BreakHis model beyond its metrics: its data, its use and its limits."""
     d = cfg["data"]
-    split = run_dir / "split.csv"
+    split = run_dir / SPLIT
     counts = ""
     if split.is_file():
         table = pd.read_csv(split, dtype={"group": str})

@@ -26,6 +26,7 @@ from pipelines.engine.classification import selected_epoch
 from pipelines.engine.segmentation import TileTable, evaluate_segmenter, train_segmenter
 from pipelines.engine.segmentation import summary_lines as summary_lines  # the task's headline
 from pipelines.runs import TILES
+from pipelines.runs.folder import SPLIT
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def load_data(cfg: Mapping, run_dir: Path | None = None) -> TileTable:
     """The run's split.csv if it has one (resume, eval), else a scan of ``data.root`` (checked)."""
     d = cfg["data"]
     root = Path(d["root"]).expanduser()
-    path = run_dir / "split.csv" if run_dir else None
+    path = run_dir / SPLIT if run_dir else None
     if path and path.is_file():
         table = pd.read_csv(path, dtype={"tile": str})
     else:
@@ -118,8 +119,8 @@ def load_data(cfg: Mapping, run_dir: Path | None = None) -> TileTable:
 def train(cfg: Mapping, run_dir: Path, ctx: Context, data: TileTable | None = None) -> None:
     """Train into ``run_dir`` (continuing from its last checkpoint if it has one), then evaluate."""
     data = data if data is not None else load_data(cfg, run_dir)
-    if ctx.is_main and not (run_dir / "split.csv").is_file():
-        write_csv(run_dir / "split.csv", data.table)
+    if ctx.is_main and not (run_dir / SPLIT).is_file():
+        write_csv(run_dir / SPLIT, data.table)
     train_segmenter(data, cfg, run_dir, ctx)
     if ctx.is_main:
         evaluate(cfg, run_dir, ctx, data)
@@ -143,7 +144,7 @@ def evaluate(cfg: Mapping, run_dir: Path, ctx: Context, data: TileTable | None =
 
 def card_facts(cfg: Mapping, run_dir: Path) -> dict:
     """What a model card says about a buildings model beyond its metrics: its data, its use and its limits."""
-    split = run_dir / "split.csv"
+    split = run_dir / SPLIT
     counts = ""
     if split.is_file():
         per = pd.read_csv(split, dtype={"tile": str}).groupby("split").size()

@@ -40,6 +40,7 @@ from pipelines.engine.plots import save_png
 from pipelines.models import save_ensemble
 from pipelines.runs import PREDICTIONS as PREDICTIONS  # predictions.csv: one row per test image
 from pipelines.runs import write_split
+from pipelines.runs.folder import BEST_WEIGHTS, SPLIT
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +194,7 @@ def build_split(cfg: Mapping) -> pd.DataFrame:
 
 def load_data(cfg: Mapping, run_dir: Path | None = None) -> DfuData:
     """The run's split.csv if it has one (resume, eval), else a new scan, grouping and split of ``data.root``."""
-    path = run_dir / "split.csv" if run_dir else None
+    path = run_dir / SPLIT if run_dir else None
     if path and path.is_file():
         table = pd.read_csv(path, dtype={"image": str, "group": str, "label": str, "source": str},
                             keep_default_na=False, na_values={"round": [""], "confidence": [""]})
@@ -211,7 +212,7 @@ def member_folders(cfg: Mapping, run_dir: Path) -> list[Path]:
 def card_facts(cfg: Mapping, run_dir: Path) -> dict:
     """What a model card says about a DFU ensemble beyond its metrics: its data, its use and its limits."""
     counts = ""
-    split = run_dir / "split.csv"
+    split = run_dir / SPLIT
     if split.is_file():
         table = pd.read_csv(split, dtype=str, keep_default_na=False)
         train = table[table["split"] == "train"].groupby("source").size().to_dict()
@@ -343,7 +344,7 @@ def train(cfg: Mapping, run_dir: Path, ctx: Context, data: DfuData | None = None
     """Train every stage's ensemble into ``run_dir/stages`` (resuming where a killed run stopped), then evaluate."""
     data = data if data is not None else load_data(cfg, run_dir)
     data.run_dir = run_dir
-    if ctx.is_main and not (run_dir / "split.csv").is_file():
+    if ctx.is_main and not (run_dir / SPLIT).is_file():
         data.save()
     counts = data.table.groupby("split").size().to_dict()
     log.info("DFUC2021: %s images per split; near-duplicate groups with twins: %d", counts,
@@ -374,7 +375,7 @@ def evaluate(cfg: Mapping, run_dir: Path, ctx: Context, data: DfuData | None = N
     data = data if data is not None else load_data(cfg, run_dir)
     data.run_dir = run_dir
     names = stages(cfg)
-    missing = [s for s in names if not all((run_dir / "stages" / s / b / "checkpoints" / "best.safetensors").is_file()
+    missing = [s for s in names if not all((run_dir / "stages" / s / b / BEST_WEIGHTS).is_file()
                                            for b in cfg["model"]["backbones"])]
     if missing:
         raise ConfigError(f"{run_dir} has no trained ensemble for stage(s) {', '.join(missing)}; "
@@ -408,8 +409,8 @@ def evaluate(cfg: Mapping, run_dir: Path, ctx: Context, data: DfuData | None = N
     comparison = {label: {split: entries[stage]["ensemble"][split] for split in ("val", "test")}
                   for label, stage in (("baseline", "baseline"), ("extended", final))}
     write_csv(run_dir / "stages.csv", pd.DataFrame(table))
-    best = [run_dir / "stages" / final / b / "checkpoints" / "best.safetensors" for b in cfg["model"]["backbones"]]
-    save_ensemble(best, run_dir / "checkpoints" / "best.safetensors", task="dfu")  # what load_model(run_dir) gives
+    best = [run_dir / "stages" / final / b / BEST_WEIGHTS for b in cfg["model"]["backbones"]]
+    save_ensemble(best, run_dir / BEST_WEIGHTS, task="dfu")  # what load_model(run_dir) gives
     report = write_report(run_dir, predicted, scoring, _info(cfg, data, names),
                           {"stages": entries, "comparison": comparison})
     _log_comparison(report)

@@ -28,6 +28,7 @@ from pipelines.detection3d.engine import Setting, ablation_settings, fit, latenc
 from pipelines.detection3d.model import build_detector
 from pipelines.models import load_model
 from pipelines.runs import PREDICTIONS as PREDICTIONS  # predictions.csv: one row per box of val and test
+from pipelines.runs.folder import BEST_WEIGHTS, HISTORY, METRICS_FILE, SPLIT
 from pipelines.training import seed_everything
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,7 @@ def load_data(cfg: Mapping, run_dir: Path | None = None) -> SceneData:
     scenes: dict[str, list] = {}
     for frame in data.frames:
         scenes.setdefault(frame.scene_name, []).append(frame)
-    path = run_dir / "split.csv" if run_dir else None
+    path = run_dir / SPLIT if run_dir else None
     if path and path.is_file():
         split = pd.read_csv(path, dtype={"scene": str})
         missing = sorted(set(split["scene"]) - set(scenes))
@@ -206,8 +207,8 @@ def train(cfg: Mapping, run_dir: Path, ctx: Context, data: SceneData | None = No
     if ctx.distributed:
         raise ConfigError("toc3d trains in one process; run it without torchrun")
     data = data if data is not None else load_data(cfg, run_dir)
-    if not (run_dir / "split.csv").is_file():
-        write_csv(run_dir / "split.csv", data.split)
+    if not (run_dir / SPLIT).is_file():
+        write_csv(run_dir / SPLIT, data.split)
     seed_everything(int(cfg["seed"]))
     model = build_detector(cfg["model"], len(DETECTION_CLASSES))
     if cfg["model"]["weights"]:
@@ -248,7 +249,7 @@ def ablation(cfg: Mapping, model, loader: FrameLoader, scenes: list[list], devic
 def evaluate(cfg: Mapping, run_dir: Path, ctx: Context, data: SceneData | None = None) -> dict:
     """Best checkpoint on val and test (once) -> metrics.json, predictions.csv, ablation.csv."""
     data = data if data is not None else load_data(cfg, run_dir)
-    best = run_dir / "checkpoints" / "best.safetensors"
+    best = run_dir / BEST_WEIGHTS
     if not best.is_file():
         raise DataError(f"{best} not found; train the run first (pipelines run toc3d ...)")
     model = load_model(best, ctx.device).model
@@ -262,10 +263,10 @@ def evaluate(cfg: Mapping, run_dir: Path, ctx: Context, data: SceneData | None =
         results[split] = score(prediction, DETECTION_CLASSES)
         predictions += [{"split": split, "sample_token": token, **_flat(b)}
                         for token, boxes in prediction["boxes"].items() for b in boxes]
-    write_csv(run_dir / "predictions.csv", pd.DataFrame(predictions))
+    write_csv(run_dir / PREDICTIONS, pd.DataFrame(predictions))
     table = ablation(cfg, model, loader, data.of("test"), ctx.device)
     write_csv(run_dir / "ablation.csv", table)
-    history = pd.read_csv(run_dir / "history.csv") if (run_dir / "history.csv").is_file() else pd.DataFrame()
+    history = pd.read_csv(run_dir / HISTORY) if (run_dir / HISTORY).is_file() else pd.DataFrame()
     selected = int(history.loc[history["best"], "epoch"].iloc[-1]) if len(history) else None
     test = results["test"]
     metrics = {
@@ -279,7 +280,7 @@ def evaluate(cfg: Mapping, run_dir: Path, ctx: Context, data: SceneData | None =
     if metrics["info"]["demo"]:
         metrics["info"]["note"] = ("SYNTHETIC demo scenes: these numbers say nothing about real nuScenes; map/nds "
                                    "count all 10 classes (absent ones score 0), see present for the classes present")
-    write_json(run_dir / "metrics.json", metrics)
+    write_json(run_dir / METRICS_FILE, metrics)
     return metrics
 
 
@@ -301,7 +302,7 @@ def summary_lines(split: str, m: Mapping) -> list[str]:
 
 def card_facts(cfg: Mapping, run_dir: Path) -> dict:
     """What a model card says about a ToC3D detector beyond its metrics: its data, its use and its limits."""
-    split = run_dir / "split.csv"
+    split = run_dir / SPLIT
     counts = ""
     if split.is_file():
         table = pd.read_csv(split, dtype={"scene": str})

@@ -32,6 +32,7 @@ from typing import Any
 
 from pipelines.config import flatten
 from pipelines.core.errors import ConfigError
+from pipelines.runs.folder import METRICS_FILE
 
 __all__ = ["MLflowLogger", "TensorBoardLogger", "build_loggers", "finish_loggers", "numeric_items", "run_loggers"]
 
@@ -61,7 +62,7 @@ def _row_metrics(row: Mapping) -> tuple[int, dict[str, float]]:
 
 
 def _final_metrics(run_dir: Path) -> dict[str, float]:
-    path = Path(run_dir) / "metrics.json"
+    path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return {}
     metrics = json.loads(path.read_text())
@@ -120,7 +121,7 @@ class MLflowLogger:
             self.client.log_batch(self.run_id, metrics=final[i:i + 1000])
         for plot in _plots(run_dir):
             self.client.log_artifact(self.run_id, str(plot), "plots")
-        metrics_file = Path(run_dir) / "metrics.json"
+        metrics_file = Path(run_dir) / METRICS_FILE
         if metrics_file.is_file():
             self.client.log_artifact(self.run_id, str(metrics_file))
         self.client.set_terminated(self.run_id)

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from pipelines.core.device import Context
 from pipelines.core.io import atomic_link, write_csv
 from pipelines.engine.plots import plot_history
+from pipelines.runs.folder import BEST_NAME, HISTORY, LAST_NAME, STATE_NAME, TRAINING_CURVES
 from pipelines.training.data import autocast
 from pipelines.training.loggers import run_loggers
 from pipelines.training.schedule import build_scheduler, warmup_steps
@@ -99,7 +100,7 @@ class Runner:
     def __init__(self, kind: Kind, settings: Settings, run_dir: Path, ctx: Context, *,
                  save: Callable[[nn.Module, Path], None], callbacks: Sequence[Callback] = (),
                  cfg: Mapping | None = None, desc: str = "epoch", checkpoint_dir: Path | None = None,
-                 last_name: str = "last.safetensors", progress: bool = True, resume_hint: str | None = None):
+                 last_name: str = LAST_NAME, progress: bool = True, resume_hint: str | None = None):
         self.kind, self.s, self.ctx = kind, settings, ctx
         self.run_dir = Path(run_dir)
         self.ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else self.run_dir / "checkpoints"
@@ -145,7 +146,7 @@ class Runner:
         }
 
     def _restore(self) -> dict | None:
-        saved = load_state(self.ckpt / "last_state.pt", self.resume_hint)
+        saved = load_state(self.ckpt / STATE_NAME, self.resume_hint)
         if saved is None:
             return None
         extra = saved.pop("kind")
@@ -218,9 +219,9 @@ class Runner:
         last = self.ckpt / self.last_name
         self.save(self.model, last)
         if improved:
-            atomic_link(last, self.ckpt / "best.safetensors")
-        write_csv(self.run_dir / "history.csv", pd.DataFrame(history))
-        save_state(self.ckpt / "last_state.pt", self._state(state))
+            atomic_link(last, self.ckpt / BEST_NAME)
+        write_csv(self.run_dir / HISTORY, pd.DataFrame(history))
+        save_state(self.ckpt / STATE_NAME, self._state(state))
 
     def fit(self) -> pd.DataFrame:
         """Train until ``epochs`` or early stopping; the history, one row per epoch (or step)."""
@@ -283,7 +284,7 @@ class Runner:
         frame = pd.DataFrame(history)
         if main:
             if not frame.empty and not self.steps:
-                plot_history(frame, self.run_dir / "plots" / "training_curves.png", self.s.monitor)
+                plot_history(frame, self.run_dir / TRAINING_CURVES, self.s.monitor)
             for callback in self.callbacks:
                 callback.finish(self.run_dir)
         return frame

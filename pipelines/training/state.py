@@ -17,6 +17,7 @@ import torch
 
 from pipelines.core.errors import ConfigError
 from pipelines.core.io import atomic_write_bytes
+from pipelines.runs.folder import LAST_NAME
 
 __all__ = ["SCHEMA", "rng_state", "restore_rng", "save_state", "load_state"]
 
@@ -59,7 +60,7 @@ def load_state(path: Path, fallback: str | None = None) -> dict | None:
     path = Path(path)
     if not path.is_file():
         return None
-    last = path.parent / "last.safetensors"
+    last = path.parent / LAST_NAME
     fallback = fallback or (f"start over without --resume, or train a new run from its weights with "
                             f"--set model.weights={last}" if last.is_file() else "start over without --resume")
     try:
