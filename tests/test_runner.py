@@ -196,3 +196,15 @@ def test_callbacks_see_every_row_and_two_optimizers_step(tmp_path):
     assert events == [("start", "x"), ("epoch", 1), ("epoch", 2), ("finish", tmp_path)]
     assert all(not torch.equal(before[k], v) for k, v in kind.model.state_dict().items())
     assert {"train_G", "train_D"} <= set(pd.read_csv(tmp_path / "history.csv").columns)
+
+
+def test_a_last_batch_of_one_is_dropped_so_batch_norm_can_train(tmp_path):
+    """9 images at batch 8 leave one image for the last batch; batch norm after pooling cannot train on it."""
+    seed_everything(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.BatchNorm1d(4), nn.Linear(4, 3))
+    kind = ImageKind(net, nn.CrossEntropyLoss(), Noisy(9, 0), 8, 0, 0, CPU, lambda model: {"loss": 0.0})
+    assert kind.steps_per_epoch() == 1
+    history = Runner(kind, Settings(epochs=1, schedule="constant"), tmp_path, CPU, save=save_weights).fit()
+    assert len(history) == 1
+    even = ImageKind(_net(3), nn.CrossEntropyLoss(), Noisy(10, 0), 8, 0, 0, CPU, lambda model: {"loss": 0.0})
+    assert even.steps_per_epoch() == 2  # a last batch of two is kept

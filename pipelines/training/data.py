@@ -71,7 +71,8 @@ class _WorkerInit:
 
 
 def make_loader(dataset: Dataset, batch_size: int, workers: int, seed: int,
-                sampler: Sampler | None = None, device: torch.device | None = None) -> DataLoader:
+                sampler: Sampler | None = None, device: torch.device | None = None,
+                drop_last: bool = False) -> DataLoader:
     """A DataLoader whose augmentation is seeded by ``seed`` (in the main process or per worker).
 
     Workers are not persistent, so each pass starts workers afresh from the loader's current seed
@@ -87,7 +88,7 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int, seed: int,
         num_workers=workers,
         worker_init_fn=_WorkerInit(seed),
         pin_memory=device is not None and device.type == "cuda",
-        drop_last=False,
+        drop_last=drop_last,
     )
 
 
@@ -99,7 +100,9 @@ class EpochLoader:
                  world_size: int = 1, weights: torch.Tensor | None = None, device: torch.device | None = None):
         self.dataset, self.seed, self.workers = dataset, seed, workers
         self.sampler = EpochSampler(len(dataset), seed, rank, world_size, weights)
-        self.loader = make_loader(dataset, batch_size, workers, seed, self.sampler, device)
+        # a last batch of one image cannot train batch norm ("expected more than 1 value per channel"): drop it
+        lone = len(self.sampler) % batch_size == 1 and len(self.sampler) > 1
+        self.loader = make_loader(dataset, batch_size, workers, seed, self.sampler, device, drop_last=lone)
 
     def __len__(self) -> int:
         return len(self.loader)
