@@ -11,6 +11,12 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist runs one worker per core (pyproject's addopts): a second thread per worker would only
+    # contend for the other worker's core. Set before torch is imported, so its pools and the processes
+    # the tests start (DataLoader workers, Dask, Streamlit) start with one thread.
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_name, "1")
 
 SHARED = Path(os.environ.get("PIPELINES_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 BREAKHIS_REAL = SHARED / "data" / "breakhis"
