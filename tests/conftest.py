@@ -22,6 +22,12 @@ SHARED = Path(os.environ.get("PIPELINES_SHARED", Path(__file__).resolve().parent
 BREAKHIS_REAL = SHARED / "data" / "breakhis"
 
 
+def pytest_collection_modifyitems(items):
+    """Slow end-to-end tests first, each module's in its own order (a stable sort): under pytest-xdist the
+    long runs start at once, and the short tests fill in around them instead of waiting at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(autouse=True)
 def _keep_main_module():
     """Streamlit's AppTest runs a page as ``__main__`` and leaves it in sys.modules; processes spawned
@@ -56,10 +62,19 @@ def breakhis_real() -> Path:
 
 @pytest.fixture(scope="session")
 def breakhis_demo(tmp_path_factory) -> Path:
-    """The synthetic demo tree as `pipelines run breakhis --demo` writes it (4 patients per subtype)."""
+    """The synthetic demo tree as `pipelines run breakhis --demo` writes it (4 patients per subtype), read
+    only. Under pytest-xdist the workers share one copy (it takes a while to write): the first to take the
+    lock writes it, the others find it complete."""
+    import fcntl
+
     from pipelines.datasets.breakhis_demo import write_demo_breakhis
 
-    return write_demo_breakhis(tmp_path_factory.mktemp("demo") / "breakhis")
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # this run's folder, above each worker's own
+    with open(base / "breakhis_demo.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return write_demo_breakhis(base / "demo" / "breakhis")
 
 
 @pytest.fixture()
