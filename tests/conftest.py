@@ -11,9 +11,21 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist runs one worker per core (pyproject's addopts): a second thread per worker would only
+    # contend for the other worker's core. Set before torch is imported, so its pools and the processes
+    # the tests start (DataLoader workers, Dask, Streamlit) start with one thread.
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_name, "1")
 
 SHARED = Path(os.environ.get("PIPELINES_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 BREAKHIS_REAL = SHARED / "data" / "breakhis"
+
+
+def pytest_collection_modifyitems(items):
+    """Slow end-to-end tests first, each module's in its own order (a stable sort): under pytest-xdist the
+    long runs start at once, and the short tests fill in around them instead of waiting at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(autouse=True)
@@ -50,10 +62,19 @@ def breakhis_real() -> Path:
 
 @pytest.fixture(scope="session")
 def breakhis_demo(tmp_path_factory) -> Path:
-    """The synthetic demo tree as `pipelines run breakhis --demo` writes it (4 patients per subtype)."""
+    """The synthetic demo tree as `pipelines run breakhis --demo` writes it (4 patients per subtype), read
+    only. Under pytest-xdist the workers share one copy (it takes a while to write): the first to take the
+    lock writes it, the others find it complete."""
+    import fcntl
+
     from pipelines.datasets.breakhis_demo import write_demo_breakhis
 
-    return write_demo_breakhis(tmp_path_factory.mktemp("demo") / "breakhis")
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # this run's folder, above each worker's own
+    with open(base / "breakhis_demo.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return write_demo_breakhis(base / "demo" / "breakhis")
 
 
 @pytest.fixture()

@@ -379,7 +379,9 @@ def test_demo_learns_buildings(tmp_path):
     from pipelines.datasets.massachusetts_demo import write_demo_massachusetts
 
     root = write_demo_massachusetts(tmp_path / "demo")
-    assert _run(["--demo", "--data-root", str(root), "--output", str(tmp_path / "runs")]) == 0
+    # 5 of the demo's 10 epochs: test IoU seen 0.68, F1 0.81
+    args = ["--demo", "--data-root", str(root), "--output", str(tmp_path / "runs"), "--set", "train.epochs=5"]
+    assert _run(args) == 0
     run_dir = tmp_path / "runs" / "buildings" / "demo"
     metrics = _check_run_folder(run_dir, n_test=3)
     test, chance = metrics["test"], metrics["test"]["chance"]
