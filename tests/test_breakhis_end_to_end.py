@@ -12,8 +12,6 @@ from safetensors.torch import load_file
 from pipelines.cli import main
 
 pytestmark = pytest.mark.slow
-# the tests that read binary_run share one worker under pytest-xdist, so it is trained once
-ON_BINARY_RUN = pytest.mark.xdist_group("breakhis_binary_run")
 
 QUICK = ["--set", "data.magnification=40", "--set", "data.image_size=64", "--set", "eval.bootstrap=50"]
 
@@ -33,7 +31,6 @@ def binary_run(tmp_path_factory, breakhis_demo):
     return run_dir
 
 
-@ON_BINARY_RUN
 def test_demo_learns_and_writes_a_complete_run_folder(binary_run, breakhis_demo):
     names = {p.relative_to(binary_run).as_posix() for p in binary_run.rglob("*") if p.is_file()}
     assert {"config.yaml", "environment.json", "split.csv", "history.csv", "metrics.json", "predictions.csv",
@@ -73,7 +70,6 @@ def test_demo_learns_and_writes_a_complete_run_folder(binary_run, breakhis_demo)
     assert state["epoch"] == len(history)
 
 
-@ON_BINARY_RUN
 def test_eval_reproduces_the_metrics(binary_run, capsys):
     before = json.loads((binary_run / "metrics.json").read_text())
     assert main(["eval", str(binary_run), "--device", "cpu"]) == 0
@@ -82,7 +78,6 @@ def test_eval_reproduces_the_metrics(binary_run, capsys):
     assert after["test"]["confusion_matrix"] == before["test"]["confusion_matrix"]
 
 
-@ON_BINARY_RUN
 def test_subtype_transfer_starts_from_the_binary_weights(binary_run, breakhis_demo, tmp_path, monkeypatch):
     import pipelines.engine.classification as classification
 
@@ -106,7 +101,6 @@ def test_subtype_transfer_starts_from_the_binary_weights(binary_run, breakhis_de
     assert len(metrics["test"]["class_names"]) == 8
 
 
-@ON_BINARY_RUN
 def test_transfer_from_another_backbone_is_refused(binary_run, breakhis_demo, tmp_path, capsys):
     code = run(tmp_path, breakhis_demo, "--set", f"model.init_from={binary_run}",
                "--set", "model.backbone=efficientnet_b1", *QUICK)
@@ -165,7 +159,6 @@ def test_efficientvim_learns_through_the_pipeline_and_exports(breakhis_demo, tmp
     assert meta["backbone"] == "efficientvim_m1" and meta["batchnorm_left"] == 0
 
 
-@ON_BINARY_RUN
 def test_corruption_robustness_works_on_breakhis_runs(binary_run):
     assert main(["eval", str(binary_run), "--corruptions", "--device", "cpu"]) == 0
     table = pd.read_csv(binary_run / "robustness.csv")

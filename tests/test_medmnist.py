@@ -136,7 +136,6 @@ def demo_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("medmnist_demo_run")
 def test_demo_medvitv2_learns_and_selects_on_validation(demo_run):
     metrics = json.loads((demo_run / "metrics.json").read_text())
     test, val = metrics["test"], metrics["val"]
@@ -185,7 +184,6 @@ def test_multilabel_chestmnist_layout_learns_every_label(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("medmnist_demo_run")
 def test_corruption_robustness_against_a_reference(demo_run, capsys):
     assert main(["eval", str(demo_run), "--corruptions", "--reference", str(demo_run), "--device", "cpu"]) == 0
     table = pd.read_csv(demo_run / "robustness.csv")

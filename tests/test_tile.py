@@ -23,8 +23,6 @@ import pytest
 
 rasterio = pytest.importorskip("rasterio")
 pytest.importorskip("distributed")
-# the module fixtures (model file, reference probabilities) are built once: one pytest-xdist worker
-pytestmark = pytest.mark.xdist_group("tile")
 
 from affine import Affine  # noqa: E402
 from rasterio.enums import ColorInterp  # noqa: E402

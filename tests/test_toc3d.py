@@ -30,7 +30,6 @@ def demo_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("toc3d_demo_run")
 def test_demo_trains_and_reports_nuscenes_metrics(demo_run):
     metrics = json.loads((demo_run / "metrics.json").read_text())
     assert metrics["info"]["demo"] is True and "SYNTHETIC" in metrics["info"]["note"]
@@ -51,7 +50,6 @@ def test_demo_trains_and_reports_nuscenes_metrics(demo_run):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("toc3d_demo_run")
 def test_ablation_table_compares_compression_settings_on_one_model(demo_run):
     table = pd.read_csv(demo_run / "ablation.csv")
     assert list(table["setting"]) == ["no compression", "learned [0.7, 0.5, 0.5]", "learned [0.5, 0.4, 0.3]",
@@ -64,7 +62,6 @@ def test_ablation_table_compares_compression_settings_on_one_model(demo_run):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("toc3d_demo_run")
 def test_eval_recomputes_metrics_from_the_run_folder(demo_run):
     before = json.loads((demo_run / "metrics.json").read_text())
     assert main(["eval", str(demo_run), "--device", "cpu"]) == 0
