@@ -77,6 +77,8 @@ class Predicted:
     labels: np.ndarray
     probs: np.ndarray
     members: Mapping[str, np.ndarray] = field(default_factory=dict)
+    metrics: dict | None = None
+    """Its :func:`score_split` when the caller already has it (the bootstrap is not run twice)."""
 
 
 def _safe(fn, labels, probs, task):
@@ -159,7 +161,7 @@ def write_report(run_dir: Path, predicted: Mapping[str, Predicted], scoring: Sco
     run_dir = Path(run_dir)
     report: dict = dict(extra or {})
     for split, p in predicted.items():
-        metrics = score_split(p.labels, p.probs, scoring, p.rows)
+        metrics = p.metrics if p.metrics is not None else score_split(p.labels, p.probs, scoring, p.rows)
         report[split] = metrics
         if "confusion_matrix" in metrics:
             plot_confusion_matrix(metrics["confusion_matrix"], list(scoring.class_names),

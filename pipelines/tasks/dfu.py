@@ -390,11 +390,11 @@ def evaluate(cfg: Mapping, run_dir: Path, ctx: Context, data: DfuData | None = N
             rows, y = labelled.part(split), labelled.labels(split)
             members = predict_members(labelled, cfg, folders, rows, ctx)
             ensemble = soft_vote(members)
-            if stage == final:
-                predicted[split] = Predicted(rows[PREDICTION_COLUMNS], y, ensemble, members)
             for name, probs in {**members, "ensemble": ensemble}.items():
-                boot = None if name == "ensemble" else 0
-                scores = compact_scores(score_split(y, probs, scoring, rows, bootstrap=boot), CLASSES)
+                metrics = score_split(y, probs, scoring, rows, bootstrap=None if name == "ensemble" else 0)
+                if stage == final and name == "ensemble":
+                    predicted[split] = Predicted(rows[PREDICTION_COLUMNS], y, ensemble, members, metrics)
+                scores = compact_scores(metrics, CLASSES)
                 table.append({"stage": stage, "model": name, "split": split,
                               **{k: v for k, v in scores.items() if k != "ci95"}})
                 target = entry["ensemble"] if name == "ensemble" else entry["members"].setdefault(name, {})
