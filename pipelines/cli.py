@@ -265,41 +265,18 @@ def cmd_eval(args) -> int:
 
 
 def _robustness(task, cfg: dict, run_dir: Path, reference: str | None, device) -> None:
-    from pipelines.engine.robustness import relative_errors, robustness_table, write_robustness
-    from pipelines.models import load_model
+    from pipelines.engine.robustness import evaluate_robustness
     from pipelines.runs import check_run_dir, read_config
     from pipelines.tasks.contract import SupportsRobustness
 
     if not isinstance(task, SupportsRobustness):
         raise ConfigError(f"{cfg['run']['task']} runs have no corruption evaluation")
-    data = task.robustness_data(cfg, run_dir)
-    seed = int(cfg["seed"])
-
-    def table(folder: Path):
-        loaded = load_model(folder)
-        if list(loaded.spec.classes) != list(data.class_names):
-            raise ConfigError(f"{folder} predicts {list(loaded.spec.classes)}, this run {data.class_names}; "
-                              "the reference must be trained on the same classes")
-        log.info("corruption robustness of %s (%d test images)", folder, len(data.labels))
-        return robustness_table(loaded.model, loaded.spec.input.size[0], data, seed, device=device)
-
-    ours = table(run_dir)
-    relative, ref_dir = None, None
+    ref_dir = None
     if reference:
         ref_dir = check_run_dir(reference)
         if read_config(ref_dir).get("run", {}).get("task") != cfg["run"]["task"]:
             raise ConfigError(f"--reference {ref_dir} is not a {cfg['run']['task']} run")
-        relative = relative_errors(ours, table(ref_dir))
-    write_robustness(run_dir, ours, relative, ref_dir)
-    clean = ours[ours["severity"] == 0].iloc[0]
-    log.info("clean: accuracy %.3f, balanced error %.3f; corrupted (mean of %d): accuracy %.3f, balanced error %.3f",
-             clean["accuracy"], clean["balanced_error"], len(ours) - 1,
-             ours[ours["severity"] > 0]["accuracy"].mean(), ours[ours["severity"] > 0]["balanced_error"].mean())
-    if relative is not None:
-        overall = relative.iloc[-1]
-        log.info("against %s: BE %.3f, rBE %.3f (below 1: more robust than the reference)", ref_dir,
-                 overall["be"], overall["rbe"])
-    log.info("wrote %s", run_dir / "robustness.csv")
+    evaluate_robustness(task.robustness_data(cfg, run_dir), run_dir, ref_dir, int(cfg["seed"]), device)
 
 
 def cmd_export(args) -> int:

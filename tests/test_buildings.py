@@ -177,7 +177,7 @@ def test_segmentation_metrics_on_a_hand_computed_example():
     assert m["iou"] == pytest.approx(2 / 6) and m["f1"] == pytest.approx(0.5)
     assert m["precision"] == m["recall"] == pytest.approx(0.5)
     assert m["mean_iou"] == pytest.approx((2 / 6 + 10 / 14) / 2)
-    assert m["pixel_accuracy"] == pytest.approx(12 / 16) and m["building_fraction"] == pytest.approx(0.25)
+    assert m["pixel_accuracy"] == pytest.approx(12 / 16) and m["positive_fraction"] == pytest.approx(0.25)
     assert m["mean_accuracy"] == pytest.approx((0.5 + 10 / 12) / 2)
     # relaxed with 1 px slack: every wrong pixel touches a right one
     assert relaxed_precision_recall(pred, target, slack=1) == (1.0, 1.0)
@@ -223,14 +223,14 @@ def test_empty_tiles_and_micro_averages():
     assert total["iou"] == pytest.approx(3 / 6)  # pooled pixels, not the mean of 1.0 and 0.0
 
 
-def test_chance_levels_follow_the_building_fraction():
+def test_chance_levels_follow_the_positive_fraction():
     from pipelines.engine.segmentation import chance_scores
 
     target = np.zeros((10, 10), bool)
     target[:2] = True
     chance = chance_scores(segmentation_metrics(target, target))
-    assert chance["all_building"]["iou"] == pytest.approx(0.2)
-    assert chance["all_building"]["f1"] == pytest.approx(2 * 0.2 / 1.2)
+    assert chance["all_target"]["iou"] == pytest.approx(0.2)
+    assert chance["all_target"]["f1"] == pytest.approx(2 * 0.2 / 1.2)
     assert chance["all_background"]["iou"] == 0.0 and chance["all_background"]["pixel_accuracy"] == pytest.approx(0.8)
 
 
@@ -386,8 +386,8 @@ def test_demo_learns_buildings(tmp_path):
     metrics = _check_run_folder(run_dir, n_test=3)
     test, chance = metrics["test"], metrics["test"]["chance"]
     assert metrics["info"]["demo"] is True and "SYNTHETIC" in metrics["info"]["note"]
-    # an all-building mask scores IoU = the building fraction (~0.08), an all-background one 0
-    assert chance["all_building"]["iou"] < 0.15 and chance["all_background"]["iou"] == 0
+    # an all-target mask scores IoU = the building (positive) fraction (~0.08), an all-background one 0
+    assert chance["all_target"]["iou"] < 0.15 and chance["all_background"]["iou"] == 0
     assert test["iou"] > 0.45 and test["f1"] > 0.6, test
     assert test["relaxed_precision"] >= test["precision"] and test["relaxed_recall"] >= test["recall"]
     from pipelines.cli import main

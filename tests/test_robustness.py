@@ -63,3 +63,30 @@ def test_be_and_rbe_follow_the_medmnist_c_definitions():
     assert rel.loc["overall", "be"] == pytest.approx((0.75 + 0.2 / 0.3) / 2)
     with pytest.raises(ValueError, match="different corruptions"):
         relative_errors(ours, _table(0.2, {"blur": [0.4] * 5}))
+
+
+def test_models_scored_together_equal_each_scored_alone():
+    """The run and its reference share one pass over the corrupted images; each table must equal the one
+    that model gets alone (a mixed-up pairing of rows and models cannot pass: the two models differ)."""
+    import torch
+
+    from pipelines.engine.robustness import RobustnessData, robustness_tables
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 24)
+    images = [np.clip(rng.normal(90 + 80 * y, 30, (28, 28, 3)), 0, 255).astype(np.uint8) for y in labels]
+    data = RobustnessData(images, labels, ["dark", "bright"], "binary-class", "breastmnist")
+
+    def model(sign):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 2))
+        net.requires_grad_(False)[-1].weight.mul_(sign)
+        return net
+
+    ours, theirs = model(1.0), model(-1.0)
+    together = robustness_tables([(ours, 28), (theirs, 28)], data, seed=3)
+    alone = [robustness_tables([(m, 28)], data, seed=3)[0] for m in (ours, theirs)]
+    assert len(together[0]) == 1 + 5 * len(corruption_list("breastmnist"))
+    for joint, single in zip(together, alone, strict=True):
+        pd.testing.assert_frame_equal(joint, single)
+    assert not together[0]["balanced_error"].equals(together[1]["balanced_error"])

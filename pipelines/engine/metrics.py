@@ -214,7 +214,7 @@ def segmentation_counts(pred: np.ndarray, target: np.ndarray, valid: np.ndarray 
     """Pixel counts of a binary prediction against the truth, summable over tiles (micro averages).
 
     Args:
-        pred, target: ``(H, W)`` masks, True (or 1) for the foreground (building).
+        pred, target: ``(H, W)`` masks, True (or 1) for the target class (foreground).
         valid: ``(H, W)``, False where pixels count nowhere (no-data areas); None counts every pixel.
         slack: distance in pixels for the relaxed counts (Mnih's protocol uses 3).
 
@@ -248,40 +248,41 @@ def _ratio(num: int, den: int, absent: bool) -> float:
 def segmentation_scores(counts: dict[str, int]) -> dict:
     """Scores from (summed) :func:`segmentation_counts`.
 
-    Building class: ``iou``, ``f1``, ``precision``, ``recall``, ``relaxed_precision``, ``relaxed_recall``;
-    both classes: ``mean_iou``, ``mean_accuracy`` (mean per-class recall) and ``mean_precision``;
-    ``pixel_accuracy``, ``building_fraction`` (of the counted pixels) and ``pixels``. A ratio whose
+    The target (foreground) class: ``iou``, ``f1``, ``precision``, ``recall``, ``relaxed_precision``,
+    ``relaxed_recall``; both classes: ``mean_iou``, ``mean_accuracy`` (mean per-class recall) and
+    ``mean_precision``; ``pixel_accuracy``, ``positive_fraction`` (the share of the counted pixels the truth
+    marks) and ``pixels``. A ratio whose
     denominator is 0 is 1.0 when the class is in neither the truth nor the prediction and 0.0 otherwise;
     with no pixel counted at all every score is None.
 
     Example:
         >>> m = segmentation_scores(segmentation_counts(np.eye(4), np.eye(4), slack=0))
-        >>> m["iou"], m["pixel_accuracy"], m["building_fraction"]
+        >>> m["iou"], m["pixel_accuracy"], m["positive_fraction"]
         (1.0, 1.0, 0.25)
     """
     tp, fp, fn, tn = (int(counts[k]) for k in ("tp", "fp", "fn", "tn"))
     n = tp + fp + fn + tn
     names = ("iou", "f1", "precision", "recall", "mean_iou", "mean_accuracy", "mean_precision", "pixel_accuracy",
-             "relaxed_precision", "relaxed_recall", "building_fraction")
+             "relaxed_precision", "relaxed_recall", "positive_fraction")
     if n == 0:
         return {**dict.fromkeys(names), "pixels": 0}
-    no_building, no_background = tp + fp + fn == 0, tn + fp + fn == 0
-    iou = _ratio(tp, tp + fp + fn, no_building)
+    no_target, no_background = tp + fp + fn == 0, tn + fp + fn == 0
+    iou = _ratio(tp, tp + fp + fn, no_target)
     background_iou = _ratio(tn, tn + fp + fn, no_background)
-    precision = _ratio(tp, tp + fp, no_building)
-    recall = _ratio(tp, tp + fn, no_building)
+    precision = _ratio(tp, tp + fp, no_target)
+    recall = _ratio(tp, tp + fn, no_target)
     return {
         "iou": iou,
-        "f1": _ratio(2 * tp, 2 * tp + fp + fn, no_building),
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn, no_target),
         "precision": precision,
         "recall": recall,
         "mean_iou": (iou + background_iou) / 2,
         "mean_accuracy": (recall + _ratio(tn, tn + fp, no_background)) / 2,
         "mean_precision": (precision + _ratio(tn, tn + fn, no_background)) / 2,
         "pixel_accuracy": (tp + tn) / n,
-        "relaxed_precision": _ratio(int(counts["relaxed_tp_pred"]), tp + fp, no_building),
-        "relaxed_recall": _ratio(int(counts["relaxed_tp_true"]), tp + fn, no_building),
-        "building_fraction": (tp + fn) / n,
+        "relaxed_precision": _ratio(int(counts["relaxed_tp_pred"]), tp + fp, no_target),
+        "relaxed_recall": _ratio(int(counts["relaxed_tp_true"]), tp + fn, no_target),
+        "positive_fraction": (tp + fn) / n,
         "pixels": n,
     }
 

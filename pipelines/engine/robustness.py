@@ -31,7 +31,7 @@ from pipelines.training import make_loader, predict
 from pipelines.transforms.augment import build_transform
 from pipelines.transforms.corruptions import category, corrupt, corruption_list
 
-__all__ = ["RobustnessData", "robustness_table", "relative_errors", "balanced_error"]
+__all__ = ["RobustnessData", "evaluate_robustness", "robustness_tables", "relative_errors", "balanced_error"]
 
 log = logging.getLogger(__name__)
 
@@ -64,29 +64,33 @@ def _predict(model: torch.nn.Module, images: Sequence[np.ndarray], labels: np.nd
     return predict(model, loader, device, amp=False, show=False, multilabel=multilabel)
 
 
-def robustness_table(model: torch.nn.Module, image_size: int, data: RobustnessData, seed: int = 0,
-                     batch_size: int = 128, device: torch.device | None = None) -> pd.DataFrame:
-    """Rows ``corruption, category, severity, accuracy, balanced_error`` (severity 0: the clean images)."""
+def robustness_tables(models: Sequence[tuple[torch.nn.Module, int]], data: RobustnessData, seed: int = 0,
+                      batch_size: int = 128, device: torch.device | None = None) -> list[pd.DataFrame]:
+    """One table per ``(model, input size)``, rows ``corruption, category, severity, accuracy,
+    balanced_error`` (severity 0: the clean images). The images are corrupted once for all the models: a
+    reference is scored on exactly the images the run is, and the corruption work is not repeated."""
     device = device or torch.device("cpu")
-    model = model.eval().to(device)
+    models = [(model.eval().to(device), size) for model, size in models]
     multilabel = data.task == MULTILABEL
     labels = np.asarray(data.labels)
+    tables: list[list[dict]] = [[] for _ in models]
 
     def score(images, name, cat, severity):
-        probs = _predict(model, images, labels, image_size, batch_size, multilabel, device)
-        return {"corruption": name, "category": cat, "severity": severity,
-                "accuracy": official_acc(labels, probs, data.task),
-                "balanced_error": balanced_error(labels, probs, data.task)}
+        for rows, (model, size) in zip(tables, models, strict=True):
+            probs = _predict(model, images, labels, size, batch_size, multilabel, device)
+            rows.append({"corruption": name, "category": cat, "severity": severity,
+                         "accuracy": official_acc(labels, probs, data.task),
+                         "balanced_error": balanced_error(labels, probs, data.task)})
 
-    rows = [score(list(data.images), "clean", "none", 0)]
+    score(list(data.images), "clean", "none", 0)
     for name, params in corruption_list(data.corruption_list).items():
         key = zlib.crc32(name.encode())
         for severity, param in enumerate(params[:5], start=1):
             corrupted = [corrupt(im, name, param, (seed, key, severity, i)) for i, im in enumerate(data.images)]
-            rows.append(score(corrupted, name, category(name), severity))
+            score(corrupted, name, category(name), severity)
         log.info("%s: balanced error %s", name,
-                 " ".join(f"{r['balanced_error']:.3f}" for r in rows[-len(params[:5]):]))
-    return pd.DataFrame(rows)
+                 " ".join(f"{r['balanced_error']:.3f}" for r in tables[0][-len(params[:5]):]))
+    return [pd.DataFrame(rows) for rows in tables]
 
 
 def relative_errors(ours: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
@@ -128,3 +132,37 @@ def write_robustness(run_dir: Path, table: pd.DataFrame, relative: pd.DataFrame 
         overall = relative[relative["corruption"] == "overall"].iloc[0]
         summary.update(reference_run=str(reference_dir), be=float(overall["be"]), rbe=float(overall["rbe"]))
     write_json(run_dir / "robustness.json", summary)
+
+
+def evaluate_robustness(data: RobustnessData, run_dir: Path, reference_dir: Path | None, seed: int,
+                        device: torch.device | None = None) -> None:
+    """``pipelines eval RUN --corruptions [--reference REF]``: the tables of the run (and the reference,
+    unless it is the run itself) on the same corrupted images, written into the run folder."""
+    from pipelines.core.errors import ConfigError
+    from pipelines.models import load_model
+
+    def loaded(folder: Path):
+        model = load_model(folder)
+        if list(model.spec.classes) != list(data.class_names):
+            raise ConfigError(f"{folder} predicts {list(model.spec.classes)}, this run {data.class_names}; "
+                              "the reference must be trained on the same classes")
+        return model.model, model.spec.input.size[0]
+
+    models = [loaded(run_dir)]
+    if reference_dir is not None and reference_dir.resolve() != run_dir.resolve():
+        models.append(loaded(reference_dir))
+    log.info("corruption robustness of %s%s (%d test images)", run_dir,
+             f" and of the reference {reference_dir}" if len(models) > 1 else "", len(data.labels))
+    tables = robustness_tables(models, data, seed, device=device)
+    ours = tables[0]
+    relative = relative_errors(ours, tables[-1]) if reference_dir is not None else None
+    write_robustness(run_dir, ours, relative, reference_dir)
+    clean, corrupted = ours[ours["severity"] == 0].iloc[0], ours[ours["severity"] > 0]
+    log.info("clean: accuracy %.3f, balanced error %.3f; corrupted (mean of %d): accuracy %.3f, balanced error %.3f",
+             clean["accuracy"], clean["balanced_error"], len(corrupted), corrupted["accuracy"].mean(),
+             corrupted["balanced_error"].mean())
+    if relative is not None:
+        overall = relative.iloc[-1]
+        log.info("against %s: BE %.3f, rBE %.3f (below 1: more robust than the reference)", reference_dir,
+                 overall["be"], overall["rbe"])
+    log.info("wrote %s", run_dir / "robustness.csv")

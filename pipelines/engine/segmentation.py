@@ -45,8 +45,7 @@ log = logging.getLogger(__name__)
 
 SEGMENTATION_MONITORS = ("iou", "f1", "mean_iou", "loss")
 TILE_COLUMNS = ["tile", "iou", "f1", "precision", "recall", "relaxed_precision", "relaxed_recall",
-                "pixel_accuracy", "building_fraction", "pixels"]
-CLASS_NAMES = ["background", "building"]
+                "pixel_accuracy", "positive_fraction", "pixels"]
 
 
 @dataclass
@@ -66,6 +65,8 @@ class TileTable:
 
     Attributes:
         read: ``read(image_path, mask_path) -> (image, target, valid)`` for one pair.
+        target: what the masks mark (the model's one class name: ``building``, ``ulcer``), in the model
+            spec and in what is printed.
         cache: keep decoded tiles in memory (about 9 MB per 1500 px tile); loaded in the main process before
             training, DataLoader workers share them.
     """
@@ -73,6 +74,7 @@ class TileTable:
     table: pd.DataFrame
     root: Path
     read: Callable[[Path, Path], tuple[np.ndarray, np.ndarray, np.ndarray]]
+    target: str = "foreground"
     cache: bool = True
     _tiles: dict[int, Tile] = field(default_factory=dict, repr=False)
 
@@ -154,7 +156,7 @@ def _pad(tile: Tile, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 @torch.no_grad()
 def predict_tile(model: nn.Module, image: np.ndarray, tile: int, overlap: int, batch_size: int,
                  device: torch.device, amp: bool = True, channels_last: bool = False) -> np.ndarray:
-    """Building probabilities ``(H, W)`` float32 of a whole ``(H, W, 3)`` uint8 image, by sliding windows of
+    """Target-class probabilities ``(H, W)`` float32 of a whole ``(H, W, 3)`` uint8 image, by sliding windows of
     ``tile`` px blended with Gaussian weights (training's normalisation, no augmentation)."""
     model.eval()
     x = build_segmentation_transform("none")(image=image)["image"].to(device)
@@ -218,15 +220,16 @@ def _pooled(counts: np.ndarray, _: np.ndarray, key: str) -> float:
 
 
 def chance_scores(scores: Mapping) -> dict:
-    """What predicting every counted pixel as background, or every one as building, would score on the same
-    pixels: the floor a trained model must clear (relaxed scores depend on geometry and are left out)."""
-    n, fraction = scores["pixels"], scores["building_fraction"]
+    """What predicting every counted pixel as background (``all_background``), or every one as the target
+    (``all_target``), would score on the same pixels: the floor a trained model must clear (relaxed scores
+    depend on geometry and are left out)."""
+    n, fraction = scores["pixels"], scores["positive_fraction"]
     if not n:
         return {}
     true = round(n * fraction)
     keys = ("iou", "f1", "precision", "recall", "mean_iou", "pixel_accuracy")
     out = {}
-    for name, counts in (("all_background", (0, 0, true, n - true)), ("all_building", (true, n - true, 0, 0))):
+    for name, counts in (("all_background", (0, 0, true, n - true)), ("all_target", (true, n - true, 0, 0))):
         m = segmentation_scores({**dict(zip(("tp", "fp", "fn", "tn"), counts, strict=True)),
                                  "relaxed_tp_pred": 0, "relaxed_tp_true": 0})
         out[name] = {k: m[k] for k in keys}
@@ -235,9 +238,9 @@ def chance_scores(scores: Mapping) -> dict:
 
 # ------------------------------------------------------------------------------------------- train, evaluate
 
-def _spec(cfg: Mapping) -> ModelSpec:
+def _spec(cfg: Mapping, target: str) -> ModelSpec:
     m, e = cfg["model"], cfg["eval"]
-    return segmenter_spec(m["encoder"], CLASS_NAMES[1:], int(e["tile"]), float(e["threshold"]),
+    return segmenter_spec(m["encoder"], (target,), int(e["tile"]), float(e["threshold"]),
                           cfg.get("run", {}).get("task", ""), deep_supervision=bool(m["deep_supervision"]),
                           mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
@@ -271,13 +274,13 @@ def train_segmenter(data: TileTable, cfg: Mapping, run_dir: Path, ctx: Context) 
     def validate(model: nn.Module) -> dict:
         tiles = val_tiles if val_tiles is not None else data.tiles("val")
         scores, _ = score_tiles(model, tiles, e, loss_fn=loss, desc="validate", **settings)
-        return {k: v for k, v in scores.items() if k not in ("n_tiles", "pixels", "building_fraction")}
+        return {k: v for k, v in scores.items() if k not in ("n_tiles", "pixels", "positive_fraction")}
 
     log.info("train %d tiles (%d crops of %d px per epoch) / val %d / test %d tiles; %s U-Net++%s",
              len(data.indices("train")), len(train_set), d["crop"], len(data.indices("val")),
              len(data.indices("test")), cfg["model"]["encoder"],
              " with deep supervision" if cfg["model"]["deep_supervision"] else "")
-    spec = _spec(cfg)
+    spec = _spec(cfg, data.target)
     kind = ImageKind(_build_model(cfg), loss, train_set, t["batch_size"], d["workers"], int(cfg["seed"]), ctx,
                      validate, target="mask", channels_last=bool(t["channels_last"]))
     return Runner(kind, Settings.from_train(t), run_dir, ctx, save=checkpoint_saver(spec), cfg=cfg).fit()
@@ -310,7 +313,7 @@ def evaluate_segmenter(data: TileTable, cfg: Mapping, run_dir: Path, ctx: Contex
                                    bootstrap=e["bootstrap"] if split == "test" else 0, seed=int(cfg["seed"]),
                                    **settings)
         scores["chance"] = chance_scores(scores)
-        report[split] = scores
+        report[split] = {"target": data.target, **scores}
         if split == "test":
             write_csv(run_dir / "tiles.csv", rows)
     report["info"] = {**(info or {}), "threshold": e["threshold"], "slack_px": e["slack"],
@@ -324,6 +327,7 @@ def summary_lines(split: str, m: Mapping) -> list[str]:
     """What ``pipelines run`` prints for a segmentation split of metrics.json."""
     ci = m.get("ci95", {}).get("iou")
     iou_ci = " [{:.3f}, {:.3f}]".format(*ci) if ci else ""
-    return [f"{split}: building IoU {m['iou']:.3f}{iou_ci}, F1 {m['f1']:.3f}, precision {m['precision']:.3f}, "
+    return [f"{split}: {m.get('target', 'target')} IoU {m['iou']:.3f}{iou_ci}, F1 {m['f1']:.3f}, "
+            f"precision {m['precision']:.3f}, "
             f"recall {m['recall']:.3f}, relaxed P/R {m['relaxed_precision']:.3f}/{m['relaxed_recall']:.3f}, "
             f"mean IoU {m['mean_iou']:.3f}, pixel accuracy {m['pixel_accuracy']:.3f} ({m['n_tiles']} tiles)"]

@@ -110,7 +110,7 @@ def load_data(cfg: Mapping, run_dir: Path | None = None) -> TileTable:
     else:
         table = read_massachusetts(root, d["format"], verify=d["verify_masks"])[SPLIT_COLUMNS]
     data = TileTable(table, root, functools.partial(read_pair, mask_nodata=bool(d["mask_nodata"])),
-                     cache=bool(d["cache_tiles"]))
+                     target="building", cache=bool(d["cache_tiles"]))
     if path and path.is_file():
         data.check_files()  # the data may have moved since the split was written
     return data

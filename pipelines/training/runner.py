@@ -273,7 +273,8 @@ class Runner:
                         callback.epoch(dict(row))
                     if not self.steps:
                         log.info("epoch %d: %s val_%s %.4f%s (%.0fs)", epoch,
-                                 " ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("train_")),
+                                 " ".join(f"{k} {v:.4f}" for k, v in row.items()
+                                          if k.startswith("train_") or (k == "val_loss" and self.s.monitor != "loss")),
                                  self.s.monitor, score, " *" if improved else "", row["seconds"])
                 if state["bad_epochs"] >= patience:
                     log.info("early stopping: no better val_%s for %d epochs", self.s.monitor, self.s.patience)
