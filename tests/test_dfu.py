@@ -105,7 +105,10 @@ def test_demo_ensemble_learns_and_reports_baseline_against_extended(tmp_path):
     from pipelines.datasets.dfu_demo import write_demo_dfuc
 
     root = write_demo_dfuc(tmp_path / "dfuc", n_labelled=600, n_unlabelled=200)
-    sets = ["train.epochs=8", "pseudo.threshold=0.7", "synth.steps=60", "synth.size=32", "eval.bootstrap=100"]
+    # the demo's ensemble with MobileNetV3 for EfficientNet-B1 (a third of its time): seen test macro-F1 0.60,
+    # ROC AUC 0.87, pseudo-labels 0.79 right
+    sets = ["train.epochs=8", "pseudo.threshold=0.7", "synth.steps=60", "synth.size=32", "eval.bootstrap=100",
+            "model.backbones=[efficientnet_b0, mobilenetv3_large_100]"]
     args = ["run", "dfu", "--demo", "--data-root", str(root), "--output", str(tmp_path / "runs")]
     assert main([*args, *[a for s in sets for a in ("--set", s)]]) == 0
     run = tmp_path / "runs" / "dfu" / "demo"
@@ -149,7 +152,7 @@ def test_demo_ensemble_learns_and_reports_baseline_against_extended(tmp_path):
 
     stages = pd.read_csv(run / "stages.csv")
     assert len(stages) == 3 * 3 * 2  # stages x (2 members + ensemble) x (val, test)
-    assert set(stages["model"]) == {"efficientnet_b0", "efficientnet_b1", "ensemble"}
+    assert set(stages["model"]) == {"efficientnet_b0", "mobilenetv3_large_100", "ensemble"}
     final = stages[(stages["stage"] == "synthetic") & (stages["model"] == "ensemble") & (stages["split"] == "test")]
     assert final["macro_f1"].iloc[0] == pytest.approx(test["macro_f1"])
 
@@ -159,7 +162,7 @@ def test_demo_ensemble_learns_and_reports_baseline_against_extended(tmp_path):
     np.testing.assert_allclose(submission[list(CLASSES)].sum(axis=1), 1, atol=1e-4)
     predictions = pd.read_csv(run / "predictions.csv")
     assert len(predictions) == test["n"] and {"pred", "pred_efficientnet_b0", "prob_both"} <= set(predictions.columns)
-    member_probs = predictions[[f"member_efficientnet_b1_prob_{c}" for c in CLASSES]].to_numpy()
+    member_probs = predictions[[f"member_mobilenetv3_large_100_prob_{c}" for c in CLASSES]].to_numpy()
     np.testing.assert_allclose(member_probs.sum(axis=1), 1, atol=1e-4)
 
     assert main(["eval", str(run), "--device", "cpu"]) == 0  # from the run folder alone

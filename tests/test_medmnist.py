@@ -170,14 +170,14 @@ def test_multilabel_chestmnist_layout_learns_every_label(tmp_path):
         arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels
     np.savez(tmp_path / "chestmnist.npz", **arrays)
     code = main(["run", "medmnist", "--data-root", str(tmp_path), "--output", str(tmp_path / "runs"),
-                 "--device", "cpu", "--set", "dataset=chestmnist", "--set", "epochs=6", "--set", "bootstrap=20"])
+                 "--device", "cpu", "--set", "dataset=chestmnist", "--set", "epochs=5", "--set", "bootstrap=20"])
     assert code == 0
     run = tmp_path / "runs" / "medmnist" / "train"
     metrics = json.loads((run / "metrics.json").read_text())
     test = metrics["test"]
     assert metrics["info"]["task_type"] == "multi-label, binary-class"
-    assert test["auc"] > 0.9 and test["acc"] > 0.8, test  # chance: AUC 0.5, ACC 0.5
-    assert all(m["roc_auc"] > 0.75 for m in test["per_class"].values()), test["per_class"]
+    assert test["auc"] > 0.9 and test["acc"] > 0.8, test  # chance: AUC 0.5, ACC 0.5 (5 epochs: seen 0.97, 0.93)
+    assert all(m["roc_auc"] > 0.75 for m in test["per_class"].values()), test["per_class"]  # seen >= 0.84
     predictions = pd.read_csv(run / "predictions.csv")
     assert {"label_atelectasis", "prob_atelectasis"} <= set(predictions.columns)
     np.testing.assert_array_equal(predictions["label_atelectasis"], arrays["test_labels"][:, 0])
