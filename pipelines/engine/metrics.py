@@ -251,9 +251,8 @@ def segmentation_scores(counts: dict[str, int]) -> dict:
     The target (foreground) class: ``iou``, ``f1``, ``precision``, ``recall``, ``relaxed_precision``,
     ``relaxed_recall``; both classes: ``mean_iou``, ``mean_accuracy`` (mean per-class recall) and
     ``mean_precision``; ``pixel_accuracy``, ``positive_fraction`` (the share of the counted pixels the truth
-    marks) and ``pixels``. A ratio whose
-    denominator is 0 is 1.0 when the class is in neither the truth nor the prediction and 0.0 otherwise;
-    with no pixel counted at all every score is None.
+    marks) and ``pixels``. A ratio whose denominator is 0 is 1.0 when the class is in neither the truth nor
+    the prediction and 0.0 otherwise; with no pixel counted at all every score is None.
 
     Example:
         >>> m = segmentation_scores(segmentation_counts(np.eye(4), np.eye(4), slack=0))
