@@ -27,6 +27,7 @@ from sklearn.metrics import balanced_accuracy_score
 
 from pipelines.datasets.images import ArrayImageDataset
 from pipelines.engine.metrics import MULTILABEL, official_acc
+from pipelines.runs.folder import ROBUSTNESS, ROBUSTNESS_RELATIVE, ROBUSTNESS_SUMMARY
 from pipelines.training import make_loader, predict
 from pipelines.transforms.augment import build_transform
 from pipelines.transforms.corruptions import category, corrupt, corruption_list
@@ -121,17 +122,17 @@ def write_robustness(run_dir: Path, table: pd.DataFrame, relative: pd.DataFrame 
                      reference_dir: Path | None) -> None:
     from pipelines.core.io import write_csv, write_json
 
-    write_csv(run_dir / "robustness.csv", table)
+    write_csv(run_dir / ROBUSTNESS, table)
     summary = {
         "clean_balanced_error": float(table.loc[table["severity"] == 0, "balanced_error"].iloc[0]),
         "mean_corrupted_balanced_error": float(table.loc[table["severity"] > 0, "balanced_error"].mean()),
         "mean_corrupted_accuracy": float(table.loc[table["severity"] > 0, "accuracy"].mean()),
     }
     if relative is not None:
-        write_csv(run_dir / "robustness_relative.csv", relative)
+        write_csv(run_dir / ROBUSTNESS_RELATIVE, relative)
         overall = relative[relative["corruption"] == "overall"].iloc[0]
         summary.update(reference_run=str(reference_dir), be=float(overall["be"]), rbe=float(overall["rbe"]))
-    write_json(run_dir / "robustness.json", summary)
+    write_json(run_dir / ROBUSTNESS_SUMMARY, summary)
 
 
 def evaluate_robustness(data: RobustnessData, run_dir: Path, reference_dir: Path | None, seed: int,
@@ -165,4 +166,4 @@ def evaluate_robustness(data: RobustnessData, run_dir: Path, reference_dir: Path
         overall = relative.iloc[-1]
         log.info("against %s: BE %.3f, rBE %.3f (below 1: more robust than the reference)", reference_dir,
                  overall["be"], overall["rbe"])
-    log.info("wrote %s", run_dir / "robustness.csv")
+    log.info("wrote %s", run_dir / ROBUSTNESS)

@@ -32,7 +32,7 @@ from pipelines.engine.metrics import SEGMENTATION_COUNTS, bootstrap_ci, segmenta
 from pipelines.engine.plots import save_png, segmentation_overlay
 from pipelines.engine.sliding_window import sliding_window_predict
 from pipelines.models import ModelSpec, checkpoint_saver, load_model, segmenter_spec
-from pipelines.runs.folder import METRICS_FILE
+from pipelines.runs.folder import METRICS_FILE, TILES
 from pipelines.training import ImageKind, Runner, Settings, autocast, seed_everything
 from pipelines.transforms.augment import IMAGENET_MEAN, IMAGENET_STD, build_segmentation_transform
 
@@ -315,7 +315,7 @@ def evaluate_segmenter(data: TileTable, cfg: Mapping, run_dir: Path, ctx: Contex
         scores["chance"] = chance_scores(scores)
         report[split] = {"target": data.target, **scores}
         if split == "test":
-            write_csv(run_dir / "tiles.csv", rows)
+            write_csv(run_dir / TILES, rows)
     report["info"] = {**(info or {}), "threshold": e["threshold"], "slack_px": e["slack"],
                       "window": {"tile": e["tile"], "overlap": e["overlap"], "blending": "gaussian"},
                       "nodata_masked": bool(cfg["data"]["mask_nodata"])}

@@ -28,7 +28,7 @@ from pipelines.detection3d.engine import Setting, ablation_settings, fit, latenc
 from pipelines.detection3d.model import build_detector
 from pipelines.models import load_model
 from pipelines.runs import PREDICTIONS as PREDICTIONS  # predictions.csv: one row per box of val and test
-from pipelines.runs.folder import BEST_WEIGHTS, HISTORY, METRICS_FILE, SPLIT
+from pipelines.runs.folder import ABLATION, BEST_WEIGHTS, HISTORY, METRICS_FILE, SPLIT
 from pipelines.training import seed_everything
 
 log = logging.getLogger(__name__)
@@ -265,7 +265,7 @@ def evaluate(cfg: Mapping, run_dir: Path, ctx: Context, data: SceneData | None =
                         for token, boxes in prediction["boxes"].items() for b in boxes]
     write_csv(run_dir / PREDICTIONS, pd.DataFrame(predictions))
     table = ablation(cfg, model, loader, data.of("test"), ctx.device)
-    write_csv(run_dir / "ablation.csv", table)
+    write_csv(run_dir / ABLATION, table)
     history = pd.read_csv(run_dir / HISTORY) if (run_dir / HISTORY).is_file() else pd.DataFrame()
     selected = int(history.loc[history["best"], "epoch"].iloc[-1]) if len(history) else None
     test = results["test"]
