@@ -7,7 +7,9 @@ Both train the same model on the same in-memory images (same batches, AdamW with
 clipping) and validate with the same function each epoch. The runner adds what it owns: progress bars,
 best/last checkpoints, ``history.csv``, the resume state with every random state, callbacks. Each round
 trains both (which goes first alternates), so machine noise hits both alike; the headline is the median
-over rounds of the paired ratio runner / bare (seconds per epoch), with a bootstrap 95% interval.
+over rounds of the paired ratio runner / bare (seconds per epoch), with a bootstrap 95% interval. Each
+(round, method) runs in a fresh child process (``--same-process`` runs them all in this one), so neither
+inherits the other's allocator and page-cache state; imports and a short warm-up are not timed.
 
 Phases, timed the same way in both: ``train`` (first batch to the last optimizer step), ``validate``, and
 for the runner ``commit`` (everything else in its epoch: checkpoints, history, state, bookkeeping). The
@@ -19,7 +21,10 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -168,6 +173,27 @@ def _interval(values: list[float], seed: int = 0, n: int = 2000) -> tuple[float,
     return float(np.quantile(medians, 0.025)), float(np.quantile(medians, 0.975))
 
 
+def _warm_up(args) -> None:
+    """A few untimed steps of a throwaway model, the same for both methods: kernels and allocator warm."""
+    model = build(args.model, args.size)
+    optimizer = torch.optim.AdamW(model.parameters())
+    x = torch.randn(args.batch, 3, args.size, args.size)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(x).sum().backward()
+        optimizer.step()
+
+
+def _child(args) -> dict:
+    """One method's run in a fresh process (this script with ``--one METHOD``); its result as a dict."""
+    cmd = [sys.executable, __file__, "--one", args.one_of]
+    for key in ("model", "epochs", "threads", "images", "size", "batch", "tmp"):
+        if getattr(args, key) is not None:
+            cmd += [f"--{key}", str(getattr(args, key))]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="efficientnet_b0", help="cnn or a backbone of the registry")
@@ -178,15 +204,27 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--tmp", default=None, help="where the runner's run folders go (default: the system's)")
+    parser.add_argument("--same-process", action="store_true", help="run every round in this process")
+    parser.add_argument("--one", choices=("bare", "runner"), help=argparse.SUPPRESS)  # a child's method
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    train, val = Images(args.images, args.size), Images(args.images // 4, args.size, seed=1)
     methods = {"bare": bare, "runner": runner}
-    bare(argparse.Namespace(**{**vars(args), "epochs": 1}), train, val)  # warm-up: allocator, kernels
+    if args.one or args.same_process:
+        train, val = Images(args.images, args.size), Images(args.images // 4, args.size, seed=1)
+        _warm_up(args)
+    if args.one:
+        print(json.dumps(methods[args.one](args, train, val)))
+        return
+
+    def run(name: str) -> dict:
+        if args.same_process:
+            return methods[name](args, train, val)
+        return _child(argparse.Namespace(**vars(args), one_of=name))
+
     rows, ratios = [], []
     for r in range(args.rounds):
         order = list(methods) if r % 2 == 0 else list(methods)[::-1]
-        got = {name: methods[name](args, train, val) for name in order}
+        got = {name: run(name) for name in order}
         ratios.append(got["runner"]["epoch_s"] / got["bare"]["epoch_s"])
         rows += [{"round": r, "method": name, **got[name]} for name in methods]
         print(f"round {r + 1}/{args.rounds}: bare {got['bare']['epoch_s']:.3f} s/epoch, runner "
