@@ -184,14 +184,16 @@ def _warm_up(args) -> None:
         optimizer.step()
 
 
-def _child(args) -> dict:
+def _child(args, method: str) -> dict:
     """One method's run in a fresh process (this script with ``--one METHOD``); its result as a dict."""
-    cmd = [sys.executable, __file__, "--one", args.one_of]
+    cmd = [sys.executable, __file__, "--one", method]
     for key in ("model", "epochs", "threads", "images", "size", "batch", "tmp"):
         if getattr(args, key) is not None:
             cmd += [f"--{key}", str(getattr(args, key))]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"the {method} run failed:\n{done.stderr.strip()}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -219,7 +221,7 @@ def main() -> None:
     def run(name: str) -> dict:
         if args.same_process:
             return methods[name](args, train, val)
-        return _child(argparse.Namespace(**vars(args), one_of=name))
+        return _child(args, name)
 
     rows, ratios = [], []
     for r in range(args.rounds):
