@@ -225,8 +225,9 @@ def test_nodata_values_do_not_leak_into_valid_pixels(model_file, tmp_path):
 # --- resume -------------------------------------------------------------------------------------------------
 
 def test_killed_job_resumes_from_its_finished_blocks(model_file, rgb_probs, tmp_path):
-    """Kill -9 a job on RGB.byte.tif (49 blocks of one or two windows), run it again: the recorded blocks
-    are not computed again and the output equals an uninterrupted run's."""
+    """Kill -9 a job on RGB.byte.tif (49 blocks of one or two windows), damage one finished block file, run it
+    again: the recorded blocks are not computed again, the damaged one is, and the output equals an
+    uninterrupted run's."""
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "pipelines", "tile", str(RGB), "--model", str(model_file), "--output", str(out),
            "--tile", str(TILE), "--overlap", str(OVERLAP), "--workers", "0", "--block-tiles", "1",
@@ -247,11 +248,14 @@ def test_killed_job_resumes_from_its_finished_blocks(model_file, rgb_probs, tmp_
     assert not (out / "RGB.byte.tif").exists()  # nothing under the final name until it is complete
     entry = json.loads((out / "manifest.json").read_text())["inputs"][str(RGB.resolve())]
     assert entry["status"] == "running"
+    listed = json.loads(sidecar.read_text())["done"]
+    damaged = next(out / ".partial" / "RGB.byte" / f"{k}.npy" for k, v in sorted(listed.items()) if v == "npy")
+    damaged.write_bytes(damaged.read_bytes()[:200])  # a block file the disk lost the end of: computed again
 
     summary = tile(model_file, [RGB], out, probabilities=True, block_tiles=1)
     entry = json.loads((out / "manifest.json").read_text())["inputs"][str(RGB.resolve())]
     reused = entry["blocks"]["reused"]
-    assert reused >= done and summary.blocks_reused == reused and entry["blocks"]["total"] == total
+    assert reused == len(listed) - 1 and summary.blocks_reused == reused and entry["blocks"]["total"] == total
     assert entry["blocks"]["computed"] == summary.blocks_computed == total - reused
     assert entry["status"] == "done" and entry["model_sha256"] and entry["seconds"] > 0
     assert np.abs(read(out / "RGB.byte.tif") - rgb_probs).max() < 1e-5  # as an uninterrupted run

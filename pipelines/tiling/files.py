@@ -61,3 +61,14 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         np.save(f, array)
         f.flush()
         os.fsync(f.fileno())
+
+
+def _block_readable(path: Path, rows, cols) -> bool:
+    """A reused block file must map whole with its block's extent (``rows``, ``cols``: spans): a truncated or
+    foreign ``.npy`` (the sidecar lists it, the disk lost it) is computed again instead of failing the output
+    for ever."""
+    try:
+        part = np.load(path, mmap_mode="r")
+    except (OSError, ValueError, EOFError):
+        return False
+    return part.ndim == 3 and part.shape[1:] == (rows.size, cols.size)

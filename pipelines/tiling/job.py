@@ -41,7 +41,14 @@ from pipelines.core.device import DEVICES, resolve_device
 from pipelines.core.errors import ConfigError, PipelinesError, one_line
 from pipelines.core.io import file_sha256
 from pipelines.tiling.executors import _Dask, _default_workers, _InProcess
-from pipelines.tiling.files import RASTER_SUFFIXES, _expand_inputs, _output_fingerprint, _save_npy, _weights_file
+from pipelines.tiling.files import (
+    RASTER_SUFFIXES,
+    _block_readable,
+    _expand_inputs,
+    _output_fingerprint,
+    _save_npy,
+    _weights_file,
+)
 from pipelines.tiling.manifest import Manifest, Sidecar, describe_change, now
 from pipelines.tiling.plan import Grid, default_block_tiles
 from pipelines.tiling.raster_io import (
@@ -232,8 +239,15 @@ class _Driver:
                 log.info("%s: discarding finished blocks of a run with other settings", name)
             shutil.rmtree(blocks_dir, ignore_errors=True)
             sidecar.done = {}
-        sidecar.done = {k: v for k, v in sidecar.done.items()
-                        if v == "empty" or (blocks_dir / f"{k}.npy").is_file()}
+        kept = {}
+        for block in grid.blocks():
+            key, kind = Sidecar.key(block), sidecar.done.get(Sidecar.key(block))
+            if kind == "empty" or (kind == "npy" and _block_readable(blocks_dir / f"{key}.npy", *grid.extent(*block))):
+                kept[key] = kind
+        if len(kept) < len(sidecar.done):
+            log.info("%s: %d finished block file(s) missing or damaged in %s; computing them again", name,
+                     len(sidecar.done) - len(kept), blocks_dir)
+        sidecar.done = kept
         todo = [b for b in grid.blocks() if Sidecar.key(b) not in sidecar.done]
         reused = grid.shape[0] * grid.shape[1] - len(todo)
         self.summary.blocks_reused += reused
