@@ -151,7 +151,14 @@ def read_medmnist(root: str | Path, flag: str, size: int = 28, file: str | Path 
                             f"(x 3); check data.size")
         if len(y) != len(x):
             raise DataError(f"{path}: {len(x)} {split} images but {len(y)} labels")
+        if not len(x):
+            raise DataError(f"{path}: the {split} split is empty; a MedMNIST file holds train, val and test images")
         y = y.reshape(len(y), -1)
+        if not (np.issubdtype(y.dtype, np.integer) or y.dtype == bool):
+            bad = y[~np.isfinite(y) | (y != np.round(y))] if np.issubdtype(y.dtype, np.number) else y.ravel()
+            if bad.size:  # float 0.0/1.0 are fine; 0.6 or NaN would be cast to a wrong class without a word
+                raise DataError(f"{path}: {split}_labels holds {bad.size} value(s) that are not whole class "
+                                f"numbers (such as {bad.ravel()[0].item()!r}); labels are integers")
         if multilabel and y.shape[1] != n_labels:
             raise DataError(f"{path}: {split}_labels has {y.shape[1]} columns, {flag} has {n_labels} labels")
         if not multilabel:

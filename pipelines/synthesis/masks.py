@@ -78,9 +78,10 @@ def read_mask_pairs(images_dir: str | Path, masks_dir: str | Path, size: int | N
                     edges: bool = False) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
     """Photos and wound masks paired by file stem -> (label maps (C, S, S), images uint8 (S, S, 3), stems).
 
-    Masks may be greyscale or RGB, 0/255 or 0/1 (any channel above half of 255, or above 0 for 0/1 masks,
-    is wound). With ``size`` both are resized to ``size`` x ``size`` first (masks nearest, photos by area),
-    so edges are drawn at the training resolution. Unpaired or unreadable files are a DataError naming them.
+    Masks may be greyscale or RGB, 0/255 or 0/1 (wound where any channel is 255, or 1 in a 0/1 mask); other
+    values are a DataError (a soft or JPEG mask would train on a guessed threshold). With ``size`` both are
+    resized to ``size`` x ``size`` first (masks nearest, photos by area), so edges are drawn at the training
+    resolution. Unpaired or unreadable files are a DataError naming them.
     """
     import cv2
 
@@ -93,6 +94,12 @@ def read_mask_pairs(images_dir: str | Path, masks_dir: str | Path, size: int | N
         if raw.shape != image.shape[:2]:
             raise DataError(f"mask {mask_file} is {raw.shape[1]}x{raw.shape[0]} but image {photo} is "
                             f"{image.shape[1]}x{image.shape[0]}; a mask must have its image's size")
+        values = set(np.unique(raw).tolist())
+        if not (values <= {0, 255} or values <= {0, 1}):
+            odd = sorted(values - {0, 1, 255}) or sorted(values)
+            raise DataError(f"mask {mask_file} has values other than 0/255 or 0/1 (e.g. "
+                            f"{', '.join(map(str, odd[:3]))}); wound pixels must be 255 (or 1) and the rest 0: "
+                            "re-export it as PNG (JPEG adds noise)")
         mask = raw > (127 if raw.max() > 1 else 0)
         if size is not None and image.shape[:2] != (size, size):
             area = cv2.INTER_AREA if min(image.shape[:2]) >= size else cv2.INTER_LINEAR
