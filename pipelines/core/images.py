@@ -106,6 +106,7 @@ def decode_image(data: bytes, name: str, colour: str = "rgb", max_pixels: int = 
     if not data:
         raise DataError(f"{name} is empty; upload the image file itself")
     with open_image(io.BytesIO(data), name, max_pixels) as image:
+        _check_one_page(image, name)
         image.load()
         mode = image.mode
         if colour == "rgb" and mode in _GREY_MODES:
@@ -118,18 +119,38 @@ def decode_image(data: bytes, name: str, colour: str = "rgb", max_pixels: int = 
         return rgb
 
 
+def _check_one_page(image: Image.Image, name) -> None:
+    """An upload is one image: a multi-page TIFF or an animation would be read on its first page without a
+    word. A pyramid's overviews (every later page smaller than the first) are not pages of their own."""
+    pages = getattr(image, "n_frames", 1)
+    if pages > 1:
+        first = image.size
+        for page in range(1, pages):
+            image.seek(page)
+            if image.width >= first[0] or image.height >= first[1]:
+                raise DataError(f"{name} holds {pages} pages (a multi-page TIFF or an animation); upload each page "
+                                "as its own image")
+        image.seek(0)
+
+
 def _check_one(path: Path) -> str | None:
     try:
         with open_image(path) as image:
             image.verify()
+            jpeg = image.format == "JPEG"
     except DataError as exc:
         return str(exc)
+    if jpeg:  # a JPEG cut short passes PIL's verify; its missing end-of-image marker (FF D9) gives it away
+        with open(path, "rb") as f:
+            f.seek(max(0, Path(path).stat().st_size - 64))
+            if b"\xff\xd9" not in f.read():
+                return f"truncated JPEG {path} (no end-of-image marker); re-download or remove it"
     return None
 
 
 def check_image_files(paths: Sequence[Path], threads: int = 4) -> None:
-    """Verify headers, modes and checksums of every file before training starts, so a corrupt image fails
-    the run in seconds rather than hours in."""
+    """Verify headers, modes, checksums (PNG) and JPEG end markers of every file before training starts, so a
+    corrupt or truncated image fails the run in seconds rather than hours in."""
     with ThreadPoolExecutor(threads) as pool:
         for problem in pool.map(_check_one, paths):
             if problem:

@@ -166,20 +166,7 @@ def read_dfuc(root: str | Path, verify: bool = True) -> pd.DataFrame:
     if verify:
         paths = [root / p for p in frame["path"]]
         check_image_files(paths)
-        _check_jpeg_ends(paths)
     return frame
-
-
-def _check_jpeg_ends(paths: Sequence[Path]) -> None:
-    """A JPEG cut short passes PIL's header check; its missing end-of-image marker (FF D9) gives it away."""
-    for path in paths:
-        if path.suffix.lower() not in (".jpg", ".jpeg"):
-            continue
-        with open(path, "rb") as f:
-            f.seek(max(0, path.stat().st_size - 64))
-            tail = f.read()
-        if b"\xff\xd9" not in tail:
-            raise DataError(f"truncated JPEG {path} (no end-of-image marker); re-download or remove it")
 
 
 def dfu_split(
