@@ -214,6 +214,10 @@ def cmd_run(args) -> int:
         task.train(cfg, run_dir, ctx, data)
     except KeyboardInterrupt:
         raise ConfigError(f"interrupted; continue with: pipelines run {args.task} --resume {run_dir}") from None
+    except Exception:
+        if ctx.is_main and not args.resume:
+            _remove_if_untrained(run_dir)
+        raise
     if ctx.is_main:
         from pipelines.training.loggers import finish_loggers
 
@@ -221,6 +225,19 @@ def cmd_run(args) -> int:
         _summary(task, run_dir)
         print(run_dir.resolve(), flush=True)
     return 0
+
+
+def _remove_if_untrained(run_dir: Path) -> None:
+    """A new run that failed before any epoch was committed (a bad weights file, an image that fails to
+    decode) holds only what it started with: remove it, so the dashboards do not list empty runs. A run with
+    a committed epoch anywhere in it (DFU members, a generator) stays, to be resumed."""
+    import shutil
+
+    from pipelines.runs import STATE_NAME
+
+    if run_dir.is_dir() and not any(run_dir.rglob(STATE_NAME)):
+        shutil.rmtree(run_dir, ignore_errors=True)
+        log.info("removed %s: the run failed before its first epoch was saved", run_dir)
 
 
 def _summary(task, run_dir: Path) -> None:
