@@ -143,7 +143,8 @@ def test_the_run_folder_is_complete(smoke):
         assert len(runs.load_history(folder)) == 1  # one epoch
     assert runs.load_config(run_dir)["run"] == {"task": name, "demo": True, "device": "cpu", "world_size": 1}
     assert json.loads((run_dir / runs.ENVIRONMENT).read_text())
-    split = pd.read_csv(run_dir / runs.SPLIT)
+    split = runs.read_split(run_dir)  # checked against split.sha256, which every run writes beside it
+    assert (run_dir / runs.SPLIT_DIGEST).is_file()
     assert {"split"} <= set(split.columns) and {"train", "val", "test"} <= set(split["split"])
     for split in ("val", "test"):
         scores = metrics[split]

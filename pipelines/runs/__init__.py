@@ -15,8 +15,8 @@ from pipelines.runs.benchmarks import load_benchmarks, speed_accuracy
 from pipelines.runs.folder import (
     ABLATION, BENCHMARKS, BEST_NAME, BEST_WEIGHTS, CHECKPOINTS, CONFIG, ENVIRONMENT, HISTORY, LAST_NAME, LAST_STATE,
     LAST_WEIGHTS, METRICS_FILE, OVERLAYS, PLOTS, PREDICTIONS, ROBUSTNESS, ROBUSTNESS_RELATIVE, ROBUSTNESS_SUMMARY,
-    SPLIT, STATE_NAME, TILES, TRAINING_CURVES, check_run_dir, create_run_dir, read_config, write_config,
-    write_environment, write_run_files, write_split,
+    SPLIT, SPLIT_DIGEST, STATE_NAME, TILES, TRAINING_CURVES, check_run_dir, create_run_dir, read_config, read_split,
+    write_config, write_environment, write_run_files, write_split,
 )
 from pipelines.runs.images import load_images, resolve_data_path
 from pipelines.runs.index import RunIndex, filter_runs, find_runs, run_stamp, runs_table
@@ -34,12 +34,12 @@ from pipelines.runs.tables import (
 
 __all__ = [
     # layout
-    "CONFIG", "ENVIRONMENT", "SPLIT", "HISTORY", "METRICS_FILE", "PREDICTIONS", "CHECKPOINTS", "BEST_WEIGHTS",
+    "CONFIG", "ENVIRONMENT", "SPLIT", "SPLIT_DIGEST", "HISTORY", "METRICS_FILE", "PREDICTIONS", "CHECKPOINTS", "BEST_WEIGHTS",
     "LAST_WEIGHTS", "LAST_STATE", "BEST_NAME", "LAST_NAME", "STATE_NAME", "PLOTS",
     "TRAINING_CURVES", "OVERLAYS", "ROBUSTNESS", "ROBUSTNESS_RELATIVE", "ROBUSTNESS_SUMMARY",
     "TILES", "ABLATION", "BENCHMARKS",
     # writing
-    "create_run_dir", "write_config", "read_config", "write_environment", "write_split", "write_run_files",
+    "create_run_dir", "write_config", "read_config", "write_environment", "write_split", "read_split", "write_run_files",
     "check_run_dir",
     # reading
     "headline", "headline_union", "RunFileError", "RunIndex", "find_runs", "run_stamp", "runs_table", "filter_runs",

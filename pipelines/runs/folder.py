@@ -6,6 +6,7 @@ Layout (every name below is a constant of this module; writers and readers both 
       config.yaml        fully resolved config (written first)
       environment.json   package versions, git revision, device
       split.csv          every sample: path (relative to data.root), split, label, group, meta columns
+      split.sha256       split.csv's digest (sha256sum format): a changed or cut split.csv is refused
       history.csv        one row per epoch: losses, learning rate, validation metrics
       metrics.json       {"val": {...}, "test": {...}, "info": {...}}
       predictions.csv    one row per test sample: path (or index), label, pred, one prob_<class> per class
@@ -29,20 +30,21 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.config import dump_yaml, load_yaml
-from pipelines.core.errors import ConfigError
-from pipelines.core.io import atomic_write_text, write_csv, write_json
+from pipelines.core.errors import ConfigError, DataError
+from pipelines.core.io import atomic_write_text, file_sha256, write_csv, write_json
 
 __all__ = [
     "CONFIG", "ENVIRONMENT", "SPLIT", "HISTORY", "METRICS_FILE", "PREDICTIONS", "CHECKPOINTS", "BEST_WEIGHTS",
     "LAST_WEIGHTS", "LAST_STATE", "BEST_NAME", "LAST_NAME", "STATE_NAME", "PLOTS",
     "TRAINING_CURVES", "OVERLAYS", "ROBUSTNESS", "ROBUSTNESS_RELATIVE", "ROBUSTNESS_SUMMARY",
     "TILES", "ABLATION", "BENCHMARKS", "create_run_dir", "write_config", "read_config", "write_environment",
-    "write_split", "write_run_files", "check_run_dir",
+    "SPLIT_DIGEST", "write_split", "read_split", "write_run_files", "check_run_dir",
 ]
 
 CONFIG = "config.yaml"
 ENVIRONMENT = "environment.json"
 SPLIT = "split.csv"
+SPLIT_DIGEST = "split.sha256"
 HISTORY = "history.csv"
 METRICS_FILE = "metrics.json"
 PREDICTIONS = "predictions.csv"
@@ -145,8 +147,31 @@ def write_environment(run_dir: Path, device: str, extra: Mapping[str, Any] | Non
 
 
 def write_split(run_dir: Path, table) -> None:
-    """split.csv: one row per sample the run saw (a pandas DataFrame)."""
-    write_csv(Path(run_dir) / SPLIT, table)
+    """split.csv: one row per sample the run saw (a pandas DataFrame), and its digest beside it, so that a
+    later resume or ``pipelines eval`` refuses a split.csv that was cut or edited instead of scoring part of
+    the data and overwriting metrics.json. The old digest goes first: a run killed between the two writes
+    leaves no digest (not checked) rather than a wrong one (refused)."""
+    run_dir = Path(run_dir)
+    (run_dir / SPLIT_DIGEST).unlink(missing_ok=True)
+    write_csv(run_dir / SPLIT, table)
+    atomic_write_text(run_dir / SPLIT_DIGEST, f"{file_sha256(run_dir / SPLIT)}  {SPLIT}\n")
+
+
+def read_split(run_dir: Path | None, **read_csv):
+    """The run's split.csv as a DataFrame (``read_csv``: pandas options such as dtype), None if the run has
+    none. A split.csv that no longer matches its digest is a one-line DataError; folders from before the
+    digest are read unchecked."""
+    import pandas as pd
+
+    if run_dir is None or not (Path(run_dir) / SPLIT).is_file():
+        return None
+    path, digest = Path(run_dir) / SPLIT, Path(run_dir) / SPLIT_DIGEST
+    if digest.is_file():
+        expected = digest.read_text().split()
+        if not expected or file_sha256(path) != expected[0]:
+            raise DataError(f"{path} is not the split this run wrote (its digest in {SPLIT_DIGEST} differs: cut or "
+                            "edited?); restore it, or train a new run on the changed split")
+    return pd.read_csv(path, **read_csv)
 
 
 def write_run_files(run_dir: str | Path, cfg: Mapping, device: str, split=None,

@@ -15,7 +15,6 @@ import pandas as pd
 from pipelines.config import check_declared, load_defaults
 from pipelines.core.device import Context
 from pipelines.core.errors import DataError
-from pipelines.core.io import write_csv
 from pipelines.datasets.breakhis import BENIGN, MALIGNANT, read_breakhis, read_folds
 from pipelines.datasets.breakhis_demo import write_demo_breakhis
 from pipelines.datasets.splits import check_disjoint, group_split, image_split
@@ -29,7 +28,7 @@ from pipelines.engine.classification import (
 from pipelines.engine.classification import summary_lines as summary_lines  # the task's headline
 from pipelines.engine.robustness import RobustnessData
 from pipelines.runs import PREDICTIONS as PREDICTIONS  # predictions.csv: one row per test image
-from pipelines.runs.folder import SPLIT
+from pipelines.runs.folder import SPLIT, read_split, write_split
 
 log = logging.getLogger(__name__)
 
@@ -121,14 +120,13 @@ def build_split(cfg: Mapping) -> pd.DataFrame:
 
 def load_data(cfg: Mapping, run_dir: Path | None = None) -> LabelledImages:
     """The run's split.csv if it has one (resume, eval), else a new scan and split of ``data.root``."""
-    path = run_dir / SPLIT if run_dir else None
-    if path and path.is_file():
-        table = pd.read_csv(path, dtype={"group": str, "patient": str, "magnification": str})
-    else:
+    table = read_split(run_dir, dtype={"group": str, "patient": str, "magnification": str})
+    saved = table is not None
+    if not saved:
         table = build_split(cfg)
     data = LabelledImages(table, Path(cfg["data"]["root"]), class_names(cfg), breakdown=["magnification"],
                           group_name="patient", aspect=ASPECT, stain=True)
-    if path and path.is_file():
+    if saved:
         data.check_files()  # the data may have moved since the split was written
     return data
 
@@ -137,7 +135,7 @@ def train(cfg: Mapping, run_dir: Path, ctx: Context, data: LabelledImages | None
     """Train into ``run_dir`` (continuing from its last checkpoint if it has one), then evaluate."""
     data = data if data is not None else load_data(cfg, run_dir)
     if ctx.is_main and not (run_dir / SPLIT).is_file():
-        write_csv(run_dir / SPLIT, data.table)
+        write_split(run_dir, data.table)
     counts = data.table.groupby("split")["group"].nunique().to_dict()
     log.info("BreakHis %s: %d images, patients per split %s", cfg["data"]["task"], len(data.table), counts)
     train_classifier(data, cfg, run_dir, ctx)
@@ -173,10 +171,9 @@ def robustness_data(cfg: Mapping, run_dir: Path) -> RobustnessData:
 def card_facts(cfg: Mapping, run_dir: Path) -> dict:
     """What a model card says about a BreakHis model beyond its metrics: its data, its use and its limits."""
     d = cfg["data"]
-    split = run_dir / SPLIT
+    table = read_split(run_dir, dtype={"group": str})
     counts = ""
-    if split.is_file():
-        table = pd.read_csv(split, dtype={"group": str})
+    if table is not None:
         per = table.groupby("split").agg(images=("path", "size"), patients=("group", "nunique"))
         counts = "; " + ", ".join(f"{s} {r.images} images / {r.patients} patients" for s, r in per.iterrows())
     return {

@@ -13,20 +13,17 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
-import pandas as pd
-
 from pipelines.backbones.segmentation import check_encoder
 from pipelines.config import check_declared, load_defaults
 from pipelines.core.device import Context
 from pipelines.core.errors import ConfigError
-from pipelines.core.io import write_csv
 from pipelines.datasets.massachusetts import read_massachusetts, read_pair
 from pipelines.datasets.massachusetts_demo import write_demo_massachusetts
 from pipelines.engine.classification import selected_epoch
 from pipelines.engine.segmentation import TileTable, evaluate_segmenter, train_segmenter
 from pipelines.engine.segmentation import summary_lines as summary_lines  # the task's headline
 from pipelines.runs import TILES
-from pipelines.runs.folder import SPLIT
+from pipelines.runs.folder import SPLIT, read_split, write_split
 
 log = logging.getLogger(__name__)
 
@@ -104,14 +101,13 @@ def load_data(cfg: Mapping, run_dir: Path | None = None) -> TileTable:
     """The run's split.csv if it has one (resume, eval), else a scan of ``data.root`` (checked)."""
     d = cfg["data"]
     root = Path(d["root"]).expanduser()
-    path = run_dir / SPLIT if run_dir else None
-    if path and path.is_file():
-        table = pd.read_csv(path, dtype={"tile": str})
-    else:
+    table = read_split(run_dir, dtype={"tile": str})
+    saved = table is not None
+    if not saved:
         table = read_massachusetts(root, d["format"], verify=d["verify_masks"])[SPLIT_COLUMNS]
     data = TileTable(table, root, functools.partial(read_pair, mask_nodata=bool(d["mask_nodata"])),
                      target="building", cache=bool(d["cache_tiles"]))
-    if path and path.is_file():
+    if saved:
         data.check_files()  # the data may have moved since the split was written
     return data
 
@@ -120,7 +116,7 @@ def train(cfg: Mapping, run_dir: Path, ctx: Context, data: TileTable | None = No
     """Train into ``run_dir`` (continuing from its last checkpoint if it has one), then evaluate."""
     data = data if data is not None else load_data(cfg, run_dir)
     if ctx.is_main and not (run_dir / SPLIT).is_file():
-        write_csv(run_dir / SPLIT, data.table)
+        write_split(run_dir, data.table)
     train_segmenter(data, cfg, run_dir, ctx)
     if ctx.is_main:
         evaluate(cfg, run_dir, ctx, data)
@@ -144,10 +140,10 @@ def evaluate(cfg: Mapping, run_dir: Path, ctx: Context, data: TileTable | None =
 
 def card_facts(cfg: Mapping, run_dir: Path) -> dict:
     """What a model card says about a buildings model beyond its metrics: its data, its use and its limits."""
-    split = run_dir / SPLIT
+    table = read_split(run_dir, dtype={"tile": str})
     counts = ""
-    if split.is_file():
-        per = pd.read_csv(split, dtype={"tile": str}).groupby("split").size()
+    if table is not None:
+        per = table.groupby("split").size()
         counts = " (" + ", ".join(f"{s} {n} tiles" for s, n in per.items()) + ")"
     return {
         "colour": "rgb",

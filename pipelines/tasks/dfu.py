@@ -39,7 +39,7 @@ from pipelines.engine.evaluation import Predicted, Scoring, compact_scores, scor
 from pipelines.engine.plots import save_png
 from pipelines.models import save_ensemble
 from pipelines.runs import PREDICTIONS as PREDICTIONS  # predictions.csv: one row per test image
-from pipelines.runs import write_split
+from pipelines.runs import read_split, write_split
 from pipelines.runs.folder import BEST_WEIGHTS, SPLIT
 
 log = logging.getLogger(__name__)
@@ -194,10 +194,9 @@ def build_split(cfg: Mapping) -> pd.DataFrame:
 
 def load_data(cfg: Mapping, run_dir: Path | None = None) -> DfuData:
     """The run's split.csv if it has one (resume, eval), else a new scan, grouping and split of ``data.root``."""
-    path = run_dir / SPLIT if run_dir else None
-    if path and path.is_file():
-        table = pd.read_csv(path, dtype={"image": str, "group": str, "label": str, "source": str},
-                            keep_default_na=False, na_values={"round": [""], "confidence": [""]})
+    table = read_split(run_dir, dtype={"image": str, "group": str, "label": str, "source": str},
+                       keep_default_na=False, na_values={"round": [""], "confidence": [""]})
+    if table is not None:
         data = DfuData(table, Path(cfg["data"]["root"]), run_dir)
         check_split_files(data.root, table.loc[table["source"] != "synthetic", "path"])  # synthetic: in the run
         return data
@@ -212,9 +211,8 @@ def member_folders(cfg: Mapping, run_dir: Path) -> list[Path]:
 def card_facts(cfg: Mapping, run_dir: Path) -> dict:
     """What a model card says about a DFU ensemble beyond its metrics: its data, its use and its limits."""
     counts = ""
-    split = run_dir / SPLIT
-    if split.is_file():
-        table = pd.read_csv(split, dtype=str, keep_default_na=False)
+    table = read_split(run_dir, dtype=str, keep_default_na=False)
+    if table is not None:
         train = table[table["split"] == "train"].groupby("source").size().to_dict()
         held = {s: int((table["split"] == s).sum()) for s in ("val", "test")}
         counts = (f"; training images {', '.join(f'{n} {s}' for s, n in sorted(train.items()))}; "

@@ -21,6 +21,7 @@ from pipelines.backbones.weights import load_weights
 from pipelines.config import check_declared, load_defaults
 from pipelines.core.device import Context
 from pipelines.core.errors import ConfigError, DataError
+from pipelines.core.images import check_image_files
 from pipelines.core.io import write_csv, write_json
 from pipelines.datasets.nuscenes import DETECTION_CLASSES, read_nuscenes
 from pipelines.detection3d.data import FrameLoader
@@ -28,7 +29,7 @@ from pipelines.detection3d.engine import Setting, ablation_settings, fit, latenc
 from pipelines.detection3d.model import build_detector
 from pipelines.models import load_model
 from pipelines.runs import PREDICTIONS as PREDICTIONS  # predictions.csv: one row per box of val and test
-from pipelines.runs.folder import ABLATION, BEST_WEIGHTS, HISTORY, METRICS_FILE, SPLIT
+from pipelines.runs.folder import ABLATION, BEST_WEIGHTS, HISTORY, METRICS_FILE, SPLIT, read_split, write_split
 from pipelines.training import seed_everything
 
 log = logging.getLogger(__name__)
@@ -179,15 +180,17 @@ def load_data(cfg: Mapping, run_dir: Path | None = None) -> SceneData:
     """The data set's scenes, split by the run's split.csv if it has one (resume, eval), else by scene."""
     d = cfg["data"]
     data = read_nuscenes(Path(d["root"]).expanduser(), d["version"])
+    if d["verify_images"]:
+        check_image_files([camera.image_path for frame in data.frames for camera in frame.cameras])
     scenes: dict[str, list] = {}
     for frame in data.frames:
         scenes.setdefault(frame.scene_name, []).append(frame)
-    path = run_dir / SPLIT if run_dir else None
-    if path and path.is_file():
-        split = pd.read_csv(path, dtype={"scene": str})
+    split = read_split(run_dir, dtype={"scene": str})
+    if split is not None:
         missing = sorted(set(split["scene"]) - set(scenes))
         if missing:
-            raise DataError(f"{path}: scene {missing[0]} is not in {d['root']}; point data.root at the run's data")
+            raise DataError(f"{run_dir / SPLIT}: scene {missing[0]} is not in {d['root']}; "
+                            "point data.root at the run's data")
     else:
         split = _split_scenes(list(scenes), d, int(cfg["seed"]))
     split = split[["scene", "split"]].assign(frames=[len(scenes[s]) for s in split["scene"]])
@@ -208,7 +211,7 @@ def train(cfg: Mapping, run_dir: Path, ctx: Context, data: SceneData | None = No
         raise ConfigError("toc3d trains in one process; run it without torchrun")
     data = data if data is not None else load_data(cfg, run_dir)
     if not (run_dir / SPLIT).is_file():
-        write_csv(run_dir / SPLIT, data.split)
+        write_split(run_dir, data.split)
     seed_everything(int(cfg["seed"]))
     model = build_detector(cfg["model"], len(DETECTION_CLASSES))
     if cfg["model"]["weights"]:
@@ -302,10 +305,9 @@ def summary_lines(split: str, m: Mapping) -> list[str]:
 
 def card_facts(cfg: Mapping, run_dir: Path) -> dict:
     """What a model card says about a ToC3D detector beyond its metrics: its data, its use and its limits."""
-    split = run_dir / SPLIT
+    table = read_split(run_dir, dtype={"scene": str})
     counts = ""
-    if split.is_file():
-        table = pd.read_csv(split, dtype={"scene": str})
+    if table is not None:
         per = table.groupby("split").agg(scenes=("scene", "size"), frames=("frames", "sum"))
         counts = " (" + ", ".join(f"{s} {r.scenes} scenes / {r.frames} frames" for s, r in per.iterrows()) + ")"
     m = cfg["model"]
