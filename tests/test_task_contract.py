@@ -15,7 +15,6 @@ import re
 import types
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 
