@@ -23,6 +23,7 @@ from pipelines.cli import main
 from pipelines.core.errors import DataError
 from pipelines.tasks import get_task
 from tests.test_cli import assert_one_line_error, run_cli
+from tests.test_task_contract import _sets
 
 ELSEWHERE = {  # a case of the audit -> the test that holds it, where its code lives
     "16-bit greyscale PNG read as all white":
@@ -48,9 +49,8 @@ def smoke_run(tmp_path_factory) -> Path:
     task = get_task("breakhis")
     out = tmp_path_factory.mktemp("faults")
     root = task.prepare_demo(out / "data", small=True)
-    sets = [a for k, v in task.SMOKE_OVERRIDES.items() for a in ("--set", f"{k}={v}")]
     assert main(["run", "breakhis", "--demo", "--data-root", str(root), "--output", str(out / "runs"),
-                 "--device", "cpu", *sets]) == 0
+                 "--device", "cpu", *_sets(task.SMOKE_OVERRIDES)]) == 0
     return out / "runs" / "breakhis" / "demo"
 
 
@@ -148,9 +148,8 @@ def truncated_nuscenes_jpeg(capsys, tmp_path, smoke_run):
     root = task.prepare_demo(tmp_path / "data", small=True)
     victim = sorted((root / "samples").rglob("*.jpg"))[-1]  # a late frame: training would reach it last
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
-    sets = [a for k, v in task.SMOKE_OVERRIDES.items() for a in ("--set", f"{k}={v}")]
     line = _command(capsys, "run", "toc3d", "--demo", "--data-root", str(root), "--output", str(tmp_path / "runs"),
-                    *sets)
+                    *_sets(task.SMOKE_OVERRIDES))
     assert not (tmp_path / "runs").exists()  # found before training, not after an epoch
     return line
 
@@ -189,10 +188,10 @@ def test_a_run_that_fails_before_its_first_epoch_leaves_no_folder(capsys, tmp_pa
     monkeypatch.chdir(tmp_path)
     task = get_task("breakhis")
     root = task.prepare_demo(tmp_path / "data", small=True)
-    (tmp_path / "weights.safetensors").write_bytes(b"not a safetensors file")
-    sets = [a for k, v in task.SMOKE_OVERRIDES.items() for a in ("--set", f"{k}={v}")]
+    weights = tmp_path / "weights.safetensors"
+    weights.write_bytes(b"not a safetensors file")
     code, _, err = run_cli(capsys, "run", "breakhis", "--demo", "--data-root", str(root), "--output",
-                           str(tmp_path / "runs"), *sets, "--set", f"model.weights={tmp_path / 'weights.safetensors'}")
+                           str(tmp_path / "runs"), *_sets({**task.SMOKE_OVERRIDES, "model.weights": weights}))
     assert_one_line_error(code, err, "weights.safetensors")
     assert not list((tmp_path / "runs").rglob(runs.CONFIG)), "a failed start left a run folder"
 
