@@ -1,5 +1,5 @@
 """Files of a tiling job: the model's weights file, the input rasters, the fingerprint of a finished
-output, and block numerators stored atomically (the driver's resume points)."""
+output, and block numerators stored atomically and checked before reuse (the driver's resume points)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 
 import numpy as np
+
+from pipelines.tiling.manifest import Sidecar
 
 log = logging.getLogger("pipelines.tiling")
 RASTER_SUFFIXES = (".tif", ".tiff")
@@ -63,10 +65,23 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         os.fsync(f.fileno())
 
 
+
+def _reusable_blocks(done: dict[str, str], grid, blocks_dir: Path) -> dict[str, str]:
+    """The finished blocks a sidecar lists (``{"i_j": "npy" | "empty"}``) that a resumed job may reuse: empty
+    ones, and block files that map whole with their block's extent. A truncated or missing ``.npy`` (the
+    sidecar lists it, the disk lost it) is left out, to be computed again, instead of failing the output for
+    ever."""
+    kept = {}
+    for block in grid.blocks():
+        key = Sidecar.key(block)
+        if done.get(key) == "empty" or (done.get(key) == "npy" and _block_readable(blocks_dir / f"{key}.npy",
+                                                                                    *grid.extent(*block))):
+            kept[key] = done[key]
+    return kept
+
+
 def _block_readable(path: Path, rows, cols) -> bool:
-    """A reused block file must map whole with its block's extent (``rows``, ``cols``: spans): a truncated or
-    foreign ``.npy`` (the sidecar lists it, the disk lost it) is computed again instead of failing the output
-    for ever."""
+    """Whether ``path`` loads (memory-mapped) as a ``(classes, rows, cols)`` block (``rows``, ``cols``: spans)."""
     try:
         part = np.load(path, mmap_mode="r")
     except (OSError, ValueError, EOFError):

@@ -43,9 +43,9 @@ from pipelines.core.io import file_sha256
 from pipelines.tiling.executors import _Dask, _default_workers, _InProcess
 from pipelines.tiling.files import (
     RASTER_SUFFIXES,
-    _block_readable,
     _expand_inputs,
     _output_fingerprint,
+    _reusable_blocks,
     _save_npy,
     _weights_file,
 )
@@ -239,11 +239,7 @@ class _Driver:
                 log.info("%s: discarding finished blocks of a run with other settings", name)
             shutil.rmtree(blocks_dir, ignore_errors=True)
             sidecar.done = {}
-        kept = {}
-        for block in grid.blocks():
-            key, kind = Sidecar.key(block), sidecar.done.get(Sidecar.key(block))
-            if kind == "empty" or (kind == "npy" and _block_readable(blocks_dir / f"{key}.npy", *grid.extent(*block))):
-                kept[key] = kind
+        kept = _reusable_blocks(sidecar.done, grid, blocks_dir)
         if len(kept) < len(sidecar.done):
             log.info("%s: %d finished block file(s) missing or damaged in %s; computing them again", name,
                      len(sidecar.done) - len(kept), blocks_dir)
