@@ -235,12 +235,13 @@ def test_killed_job_resumes_from_its_finished_blocks(model_file, rgb_probs, tmp_
     env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             cwd=Path(__file__).parents[1])
-    sidecar, done = out / ".partial" / "RGB.byte.json", 0
+    sidecar, listed = out / ".partial" / "RGB.byte.json", {}
     deadline = time.monotonic() + 300
-    while done < 5 and time.monotonic() < deadline and proc.poll() is None:
+    while (len(listed) < 5 or "npy" not in listed.values()) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)
         with contextlib.suppress(OSError, ValueError, KeyError):
-            done = len(json.loads(sidecar.read_text())["done"])
+            listed = json.loads(sidecar.read_text())["done"]
+    done = len(listed)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     total = 7 * 7  # 8 windows per axis; the lone last one joins its neighbour
@@ -248,7 +249,7 @@ def test_killed_job_resumes_from_its_finished_blocks(model_file, rgb_probs, tmp_
     assert not (out / "RGB.byte.tif").exists()  # nothing under the final name until it is complete
     entry = json.loads((out / "manifest.json").read_text())["inputs"][str(RGB.resolve())]
     assert entry["status"] == "running"
-    listed = json.loads(sidecar.read_text())["done"]
+    listed = json.loads(sidecar.read_text())["done"]  # as the killed job left it
     damaged = next(out / ".partial" / "RGB.byte" / f"{k}.npy" for k, v in sorted(listed.items()) if v == "npy")
     damaged.write_bytes(damaged.read_bytes()[:200])  # a block file the disk lost the end of: computed again
 
