@@ -103,6 +103,7 @@ def create_backbone(
     features_only: bool = False,
     img_size: int | None = None,
     pretrained_hub: bool = False,
+    pretrained: bool = False,
     **kwargs,
 ) -> nn.Module:
     """Build a registered backbone.
@@ -117,6 +118,8 @@ def create_backbone(
         features_only: return multi-scale feature maps (a list, fine to coarse) instead of logits.
         img_size: the square input side, for models built for one size (EfficientFormer); checked.
         pretrained_hub: download the library's pretrained weights; needs the network, so only on request.
+        pretrained: start from the ImageNet weights of an installed package (``backbones.packaged``), offline;
+            ``weights`` takes precedence when both are given.
     """
     from pipelines.backbones.weights import load_weights
 
@@ -126,6 +129,10 @@ def create_backbone(
     if features_only:
         kwargs["features_only"] = True
     model = entry.builder(num_classes=num_classes, in_chans=in_chans, pretrained=pretrained_hub, **kwargs)
+    if pretrained and not weights:
+        from pipelines.backbones.packaged import packaged_weights
+
+        weights = packaged_weights(name)
     if weights:
         if features_only:
             ignored = load_weights(model, weights, allow_unexpected=True)

@@ -13,6 +13,8 @@ from pipelines.backbones.registry import register_backbone
 # registry name -> timm name, per family
 TIMM_BACKBONES: dict[str, dict[str, str]] = {
     "efficientnet": {f"efficientnet_b{i}": f"efficientnet_b{i}" for i in range(8)},
+    # TensorFlow "same" padding, as the ImageNet weights of backbones/packaged.py were trained
+    "efficientnet_lite": {f"efficientnet_lite{i}": f"tf_efficientnet_lite{i}" for i in range(3)},
     "efficientvit_msra": {f"efficientvit_m{i}": f"efficientvit_m{i}" for i in range(6)},
     "efficientformer": {f"efficientformer_l{i}": f"efficientformer_l{i}" for i in (1, 3, 7)},
     "efficientformerv2": {f"efficientformerv2_{s}": f"efficientformerv2_{s}" for s in ("s0", "s1", "s2", "l")},

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from pipelines.backbones import check_backbone, create_backbone, head_prefixes, load_weights
+from pipelines.backbones.packaged import packaged_weights
 from pipelines.backbones.weights import hub_download_errors
 from pipelines.core.device import Context
 from pipelines.core.errors import ConfigError, DataError
@@ -104,6 +105,8 @@ def check_model_config(cfg: Mapping) -> None:
     check_backbone(m["backbone"], cfg["data"]["image_size"])
     if m["weights"] and not Path(m["weights"]).expanduser().is_file():
         raise ConfigError(f"model.weights file not found: {m['weights']}; pass a .safetensors or .pt file")
+    if m.get("pretrained") and not m["weights"]:
+        packaged_weights(m["backbone"])  # the package is installed and its file intact, before any work
     if m["init_from"]:
         read_config(m["init_from"])
 
@@ -115,6 +118,7 @@ def build_model(cfg: Mapping, num_classes: int) -> nn.Module:
         model = create_backbone(
             m["backbone"], num_classes=num_classes, in_chans=3, weights=m["weights"],
             img_size=cfg["data"]["image_size"], pretrained_hub=m["pretrained_hub"], drop_rate=m["drop_rate"],
+            pretrained=bool(m.get("pretrained")),
         )
     if m["init_from"]:
         init_from_run(model, m["init_from"], m["backbone"])

@@ -33,7 +33,7 @@ def member_config(cfg: Mapping, backbone: str) -> dict:
     m = member["model"]
     weights = (m.get("weights") or {}).get(backbone)
     member["model"] = {"backbone": backbone, "weights": weights, "pretrained_hub": m["pretrained_hub"],
-                       "init_from": None, "drop_rate": m["drop_rate"]}
+                       "pretrained": m.get("pretrained", False), "init_from": None, "drop_rate": m["drop_rate"]}
     return member
 
 
