@@ -81,3 +81,17 @@ def test_a_run_asks_for_packaged_weights_in_one_line_before_any_work(capsys, tmp
                            "model.pretrained=true", "--output", str(tmp_path / "runs"))
     assert_one_line_error(code, err, "no installable pretrained weights for efficientnet_b0")
     assert not (tmp_path / "runs").exists()
+
+
+def test_unetplusplus_takes_the_packaged_weights_as_its_encoder():
+    from safetensors.torch import load_file
+
+    from pipelines.backbones.segmentation import create_segmenter
+
+    model = create_segmenter("tu-tf_efficientnet_lite0", pretrained=True)
+    stem = load_file(str(packaged_weights("efficientnet_lite0")))["conv_stem.weight"]
+    assert torch.equal(model.net.encoder.model.conv_stem.weight, stem)
+    assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 1, 64, 64)
+    with pytest.raises(ConfigError, match="tu-tf_efficientnet_lite0, tu-tf_efficientnet_lite1, "
+                                          "tu-tf_efficientnet_lite2, not efficientnet-b4"):
+        create_segmenter("efficientnet-b4", pretrained=True)

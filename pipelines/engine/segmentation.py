@@ -249,7 +249,8 @@ def _build_model(cfg: Mapping) -> nn.Module:
     m = cfg["model"]
     with hub_download_errors(m["encoder"], bool(m["pretrained_hub"]), "model.encoder_weights"):
         return create_segmenter(m["encoder"], classes=1, in_channels=3, deep_supervision=bool(m["deep_supervision"]),
-                                encoder_weights=m["encoder_weights"], pretrained_hub=bool(m["pretrained_hub"]))
+                                encoder_weights=m["encoder_weights"], pretrained_hub=bool(m["pretrained_hub"]),
+                                pretrained=bool(m.get("pretrained")))
 
 
 def _settings(cfg: Mapping, ctx: Context) -> dict:

@@ -13,7 +13,8 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
-from pipelines.backbones.segmentation import check_encoder
+from pipelines.backbones.packaged import packaged_weights
+from pipelines.backbones.segmentation import check_encoder, packaged_encoder
 from pipelines.config import check_declared, load_defaults
 from pipelines.core.device import Context
 from pipelines.core.errors import ConfigError
@@ -87,6 +88,8 @@ def validate(cfg: Mapping) -> None:
     if m["encoder_weights"] and not Path(m["encoder_weights"]).expanduser().is_file():
         raise ConfigError(f"model.encoder_weights file not found: {m['encoder_weights']}; "
                           "pass a .safetensors or .pt file of the encoder")
+    if m.get("pretrained") and not m["encoder_weights"]:
+        packaged_weights(packaged_encoder(m["encoder"]))  # installed and intact, before any work
 
 
 def prepare_demo(data_dir: Path, small: bool = False) -> Path:

@@ -105,7 +105,7 @@ def validate(cfg: Mapping) -> None:
         raise ConfigError(f"model.weights names {unknown}, which are not in model.backbones {m['backbones']}")
     for backbone in m["backbones"]:
         single = {**cfg, "model": {"backbone": backbone, "weights": m["weights"].get(backbone), "init_from": None,
-                                   "pretrained": m["pretrained"]}}
+                                   "pretrained": m.get("pretrained", False)}}
         check_model_config(single)
     if p["rounds"] < 0 or not 0 < p["threshold"] <= 1:
         raise ConfigError("pseudo.rounds must be >= 0 and pseudo.threshold in (0, 1]")
