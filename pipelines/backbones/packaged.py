@@ -12,6 +12,7 @@ cache folder, so later runs read our own format.
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,8 +61,6 @@ _SEPARABLE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "con
 
 def cache_dir() -> Path:
     """Where converted weights are kept: ``$PIPELINES_CACHE`` or ``~/.cache/pipelines``."""
-    import os
-
     return Path(os.environ.get("PIPELINES_CACHE", Path.home() / ".cache" / "pipelines")) / "weights"
 
 
