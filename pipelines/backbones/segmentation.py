@@ -49,6 +49,10 @@ class UnetPlusPlus(nn.Module):
     ``[main, aux_1, ...]`` of logits, all at the input's resolution. H and W must be multiples of 32.
     """
 
+    DECODER = ("net.decoder.", "net.segmentation_head.", "aux_heads.")
+    """Parameter prefixes of everything but the encoder: what a pretrained encoder's fine-tuning trains at the
+    full learning rate."""
+
     def __init__(self, encoder: str, classes: int, in_channels: int, deep_supervision: bool, hub: bool):
         super().__init__()
         import segmentation_models_pytorch as smp

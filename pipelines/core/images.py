@@ -21,7 +21,8 @@ from PIL import Image, UnidentifiedImageError
 
 from pipelines.core.errors import DataError
 
-__all__ = ["MAX_PIXELS", "open_image", "image_size", "read_image", "decode_image", "check_image_files"]
+__all__ = ["MAX_PIXELS", "open_image", "image_size", "read_image", "read_binary_mask", "decode_image",
+           "check_image_files"]
 
 MAX_PIXELS = 100_000_000  # larger images are refused as possible decompression bombs
 
@@ -88,6 +89,25 @@ def read_image(path: str | Path, mode: str = "RGB") -> np.ndarray:
     """Decode an image file to a uint8 array (H, W, C) (or (H, W) for ``mode="L"``)."""
     with open_image(Path(path)) as image:
         return np.asarray(image.convert(mode))
+
+
+def read_binary_mask(path: str | Path, what: str = "mask") -> np.ndarray:
+    """A binary mask file as ``(H, W)`` uint8 0/1: 0/255 or 0/1 values, in grey, in RGB (marked where any
+    channel is), or as a palette PNG's indices. Other values are a one-line DataError: a soft or JPEG mask would
+    train on a guessed threshold."""
+    path = Path(path)
+    with open_image(path, f"{what} {path}") as image:
+        values = np.asarray(image if image.mode == "P" else image.convert("L") if image.mode == "1" else image)
+    if values.ndim == 3:
+        values = values[..., :3].max(axis=2)  # an alpha channel says nothing about the target
+    found = set(np.unique(values).tolist())
+    if found <= {0, 255}:
+        return (values == 255).astype(np.uint8)
+    if found <= {0, 1}:
+        return values.astype(np.uint8)
+    odd = sorted(found - {0, 1, 255}) or sorted(found)
+    raise DataError(f"{what} {path} has values other than 0/255 or 0/1 (e.g. {', '.join(map(str, odd[:3]))}); "
+                    "target pixels must be 255 (or 1) and the rest 0: re-export it as PNG (JPEG adds noise)")
 
 
 def decode_image(data: bytes, name: str, colour: str = "rgb", max_pixels: int = MAX_PIXELS) -> np.ndarray:

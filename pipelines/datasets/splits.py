@@ -69,11 +69,11 @@ def group_split(
         n_test, n_val = _counts(len(members), val_fraction, test_fraction)
         for i, group in enumerate(members):
             split_of_group[group] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
-        if n_test == 0 or n_val == 0:
-            log.warning(
-                "class %s has only %d group(s): it is missing from %s", label, len(members),
-                "validation and test" if n_test == 0 else "validation",
-            )
+        lacks = [name for name, n, share in (("validation", n_val, val_fraction), ("test", n_test, test_fraction))
+                 if n == 0 and share > 0]
+        if lacks:
+            log.warning("class %s has only %d group(s): it is missing from %s", label, len(members),
+                        " and ".join(lacks))
     return pd.Series([split_of_group[g] for g in frame["group"]], index=labels.index, name="split")
 
 

@@ -30,10 +30,11 @@ from pipelines.models.files import build_from_file
 from pipelines.runs import read_config
 from pipelines.runs.folder import BEST_WEIGHTS, HISTORY
 from pipelines.training import ClassifierKind, Runner, Settings, make_loader, predict, seed_everything
+from pipelines.training.finetune import check_recipe, prepare_finetune
 from pipelines.transforms.augment import build_transform
 
 __all__ = [
-    "LabelledImages", "check_model_config", "check_split_files", "build_model", "classifier_spec_of",
+    "LabelledImages", "check_model_config", "check_split_files", "build_model", "finetune_model", "classifier_spec_of",
     "load_best_model", "train_classifier", "scoring_of", "evaluate_classifier", "selected_epoch", "summary_lines",
     "with_interval", "SPLITS",
 ]
@@ -109,6 +110,7 @@ def check_model_config(cfg: Mapping) -> None:
         packaged_weights(m["backbone"])  # the package is installed and its file intact, before any work
     if m["init_from"]:
         read_config(m["init_from"])
+    check_recipe(cfg)
 
 
 def build_model(cfg: Mapping, num_classes: int) -> nn.Module:
@@ -123,6 +125,19 @@ def build_model(cfg: Mapping, num_classes: int) -> nn.Module:
     if m["init_from"]:
         init_from_run(model, m["init_from"], m["backbone"])
     return model
+
+
+def finetune_model(cfg: Mapping, num_classes: int) -> tuple[nn.Module, tuple[str, ...]]:
+    """:func:`build_model` with the fine-tuning recipe applied (:mod:`pipelines.training.finetune`): the model
+    and the prefixes of its new head, to learn at the full rate (none from scratch)."""
+    m = cfg["model"]
+    model = build_model(cfg, num_classes)
+    heads = model.get_classifier()
+    # ImageNet's heads (packaged, hub) and a transfer source's are replaced; a local file's may fit and be kept
+    replaced = m["init_from"] or (not m["weights"] and num_classes != 1000)
+    fresh = prepare_finetune(model, cfg, head_prefixes(model),
+                             (heads if isinstance(heads, tuple) else (heads,)) if replaced else None)
+    return model, fresh
 
 
 def classifier_spec_of(cfg: Mapping, class_names: list[str], colour: str = "rgb", output: str = "softmax"):
@@ -173,14 +188,15 @@ def train_classifier(data: LabelledImages, cfg: Mapping, run_dir: Path, ctx: Con
         len(data.part("test")), dict(zip(data.class_names, [round(float(w), 3) for w in weights], strict=True)),
     )
     seed_everything(int(cfg["seed"]))
+    model, fresh = finetune_model(cfg, len(data.class_names))
     kind = ClassifierKind(
-        build_model(cfg, len(data.class_names)),
+        model,
         build_loss(t["loss"], weights if t["loss"] != "ce" else None, t["focal_gamma"]),
         data.dataset("train", t["augment"], d["image_size"], d["cache_images"]),
         data.dataset("val", "none", d["image_size"], d["cache_images"]),
         data.class_names, t["batch_size"], d["workers"], int(cfg["seed"]), ctx,
         sample_weights=_sample_weights(train_labels, weights) if t["sampler"] == "balanced" else None,
-        amp=t["amp"], channels_last=t["channels_last"],
+        amp=t["amp"], channels_last=t["channels_last"], fresh=fresh,
     )
     save = checkpoint_saver(classifier_spec_of(cfg, data.class_names))
     return Runner(kind, Settings.from_train(t), run_dir, ctx, save=save, cfg=cfg).fit()

@@ -22,10 +22,11 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from pipelines.backbones.segmentation import create_segmenter
+from pipelines.backbones.packaged import packaged_weights
+from pipelines.backbones.segmentation import check_encoder, create_segmenter, packaged_encoder
 from pipelines.backbones.weights import hub_download_errors
 from pipelines.core.device import Context
-from pipelines.core.errors import DataError
+from pipelines.core.errors import ConfigError, DataError
 from pipelines.core.io import write_csv, write_json
 from pipelines.engine.losses import DiceBCELoss
 from pipelines.engine.metrics import SEGMENTATION_COUNTS, bootstrap_ci, segmentation_counts, segmentation_scores
@@ -34,11 +35,12 @@ from pipelines.engine.sliding_window import sliding_window_predict
 from pipelines.models import ModelSpec, checkpoint_saver, load_model, segmenter_spec
 from pipelines.runs.folder import METRICS_FILE, TILES
 from pipelines.training import ImageKind, Runner, Settings, autocast, seed_everything
+from pipelines.training.finetune import check_recipe, prepare_finetune
 from pipelines.transforms.augment import IMAGENET_MEAN, IMAGENET_STD, build_segmentation_transform
 
 __all__ = [
     "Tile", "TileTable", "TileCropDataset", "SEGMENTATION_MONITORS", "TILE_COLUMNS", "predict_tile", "score_tiles",
-    "chance_scores", "train_segmenter", "evaluate_segmenter", "summary_lines",
+    "chance_scores", "check_segmenter_config", "train_segmenter", "evaluate_segmenter", "summary_lines",
 ]
 
 log = logging.getLogger(__name__)
@@ -238,6 +240,30 @@ def chance_scores(scores: Mapping) -> dict:
 
 # ------------------------------------------------------------------------------------------- train, evaluate
 
+def check_segmenter_config(cfg: Mapping) -> None:
+    """Fail before any work on a crop, window, threshold or encoder U-Net++ cannot use, or weights not there."""
+    d, m, e = cfg["data"], cfg["model"], cfg["eval"]
+    for key, value in (("data.crop", d["crop"]), ("eval.tile", e["tile"])):
+        if value % 32:
+            raise ConfigError(f"bad value for '{key}': {value}; U-Net++ needs a multiple of 32, "
+                              f"e.g. {value // 32 * 32 or 32}")
+    if not 0 <= e["overlap"] < e["tile"]:
+        raise ConfigError(f"bad value for 'eval.overlap': {e['overlap']}; it must be at least 0 and below eval.tile "
+                          f"({e['tile']})")
+    if not 0 < e["threshold"] < 1:
+        raise ConfigError(f"bad value for 'eval.threshold': {e['threshold']}; give a probability between 0 and 1")
+    for key in ("slack", "overlays", "bootstrap"):
+        if e[key] < 0:
+            raise ConfigError(f"bad value for 'eval.{key}': {e[key]}; it must be 0 or more")
+    check_encoder(m["encoder"])
+    if m["encoder_weights"] and not Path(m["encoder_weights"]).expanduser().is_file():
+        raise ConfigError(f"model.encoder_weights file not found: {m['encoder_weights']}; "
+                          "pass a .safetensors or .pt file of the encoder")
+    if m.get("pretrained") and not m["encoder_weights"]:
+        packaged_weights(packaged_encoder(m["encoder"]))  # installed and intact, before any work
+    check_recipe(cfg)
+
+
 def _spec(cfg: Mapping, target: str) -> ModelSpec:
     m, e = cfg["model"], cfg["eval"]
     return segmenter_spec(m["encoder"], (target,), int(e["tile"]), float(e["threshold"]),
@@ -245,12 +271,14 @@ def _spec(cfg: Mapping, target: str) -> ModelSpec:
                           mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
 
-def _build_model(cfg: Mapping) -> nn.Module:
+def _build_model(cfg: Mapping) -> tuple[nn.Module, tuple[str, ...]]:
+    """U-Net++ for ``cfg`` with the fine-tuning recipe applied, and the prefixes that learn at the full rate."""
     m = cfg["model"]
     with hub_download_errors(m["encoder"], bool(m["pretrained_hub"]), "model.encoder_weights"):
-        return create_segmenter(m["encoder"], classes=1, in_channels=3, deep_supervision=bool(m["deep_supervision"]),
-                                encoder_weights=m["encoder_weights"], pretrained_hub=bool(m["pretrained_hub"]),
-                                pretrained=bool(m.get("pretrained")))
+        model = create_segmenter(m["encoder"], classes=1, in_channels=3, deep_supervision=bool(m["deep_supervision"]),
+                                 encoder_weights=m["encoder_weights"], pretrained_hub=bool(m["pretrained_hub"]),
+                                 pretrained=bool(m.get("pretrained")))
+    return model, prepare_finetune(model, cfg, model.DECODER)
 
 
 def _settings(cfg: Mapping, ctx: Context) -> dict:
@@ -282,8 +310,9 @@ def train_segmenter(data: TileTable, cfg: Mapping, run_dir: Path, ctx: Context) 
              len(data.indices("test")), cfg["model"]["encoder"],
              " with deep supervision" if cfg["model"]["deep_supervision"] else "")
     spec = _spec(cfg, data.target)
-    kind = ImageKind(_build_model(cfg), loss, train_set, t["batch_size"], d["workers"], int(cfg["seed"]), ctx,
-                     validate, target="mask", channels_last=bool(t["channels_last"]))
+    model, fresh = _build_model(cfg)
+    kind = ImageKind(model, loss, train_set, t["batch_size"], d["workers"], int(cfg["seed"]), ctx,
+                     validate, target="mask", channels_last=bool(t["channels_last"]), fresh=fresh)
     return Runner(kind, Settings.from_train(t), run_dir, ctx, save=checkpoint_saver(spec), cfg=cfg).fit()
 
 
@@ -304,7 +333,8 @@ def evaluate_segmenter(data: TileTable, cfg: Mapping, run_dir: Path, ctx: Contex
 
     def overlay(tile: Tile, pred: np.ndarray) -> None:
         if len(written) < e["overlays"]:
-            save_png(segmentation_overlay(tile.image, pred, tile.target, tile.valid), overlays / f"{tile.name}.png")
+            name = tile.name.replace("/", "__")  # images from nested folders keep one overlays/ folder
+            save_png(segmentation_overlay(tile.image, pred, tile.target, tile.valid), overlays / f"{name}.png")
             written.append(tile.name)
 
     report: dict = {}
@@ -319,7 +349,7 @@ def evaluate_segmenter(data: TileTable, cfg: Mapping, run_dir: Path, ctx: Contex
             write_csv(run_dir / TILES, rows)
     report["info"] = {**(info or {}), "threshold": e["threshold"], "slack_px": e["slack"],
                       "window": {"tile": e["tile"], "overlap": e["overlap"], "blending": "gaussian"},
-                      "nodata_masked": bool(cfg["data"]["mask_nodata"])}
+                      "nodata_masked": bool(cfg["data"].get("mask_nodata", False))}
     write_json(run_dir / METRICS_FILE, report)
     return report
 
@@ -328,7 +358,7 @@ def summary_lines(split: str, m: Mapping) -> list[str]:
     """What ``pipelines run`` prints for a segmentation split of metrics.json."""
     ci = m.get("ci95", {}).get("iou")
     iou_ci = " [{:.3f}, {:.3f}]".format(*ci) if ci else ""
-    return [f"{split}: {m.get('target', 'target')} IoU {m['iou']:.3f}{iou_ci}, F1 {m['f1']:.3f}, "
+    return [f"{split}: {m.get('target', 'target')} IoU {m['iou']:.3f}{iou_ci}, F1 (Dice) {m['f1']:.3f}, "
             f"precision {m['precision']:.3f}, "
             f"recall {m['recall']:.3f}, relaxed P/R {m['relaxed_precision']:.3f}/{m['relaxed_recall']:.3f}, "
             f"mean IoU {m['mean_iou']:.3f}, pixel accuracy {m['pixel_accuracy']:.3f} ({m['n_tiles']} tiles)"]

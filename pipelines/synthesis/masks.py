@@ -85,22 +85,15 @@ def read_mask_pairs(images_dir: str | Path, masks_dir: str | Path, size: int | N
     """
     import cv2
 
-    from pipelines.core.images import read_image
+    from pipelines.core.images import read_binary_mask, read_image
 
     label_maps, images, stems = [], [], []
     for stem, photo, mask_file in mask_pairs(images_dir, masks_dir)[["stem", "image", "mask"]].itertuples(index=False):
         image = read_image(photo, "RGB")
-        raw = read_image(mask_file, "RGB").max(axis=2)
-        if raw.shape != image.shape[:2]:
-            raise DataError(f"mask {mask_file} is {raw.shape[1]}x{raw.shape[0]} but image {photo} is "
+        mask = read_binary_mask(mask_file).astype(bool)
+        if mask.shape != image.shape[:2]:
+            raise DataError(f"mask {mask_file} is {mask.shape[1]}x{mask.shape[0]} but image {photo} is "
                             f"{image.shape[1]}x{image.shape[0]}; a mask must have its image's size")
-        values = set(np.unique(raw).tolist())
-        if not (values <= {0, 255} or values <= {0, 1}):
-            odd = sorted(values - {0, 1, 255}) or sorted(values)
-            raise DataError(f"mask {mask_file} has values other than 0/255 or 0/1 (e.g. "
-                            f"{', '.join(map(str, odd[:3]))}); wound pixels must be 255 (or 1) and the rest 0: "
-                            "re-export it as PNG (JPEG adds noise)")
-        mask = raw > (127 if raw.max() > 1 else 0)
         if size is not None and image.shape[:2] != (size, size):
             area = cv2.INTER_AREA if min(image.shape[:2]) >= size else cv2.INTER_LINEAR
             image = cv2.resize(image, (size, size), interpolation=area)

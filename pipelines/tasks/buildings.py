@@ -13,15 +13,12 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
-from pipelines.backbones.packaged import packaged_weights
-from pipelines.backbones.segmentation import check_encoder, packaged_encoder
 from pipelines.config import check_declared, load_defaults
 from pipelines.core.device import Context
-from pipelines.core.errors import ConfigError
 from pipelines.datasets.massachusetts import read_massachusetts, read_pair
 from pipelines.datasets.massachusetts_demo import write_demo_massachusetts
 from pipelines.engine.classification import selected_epoch
-from pipelines.engine.segmentation import TileTable, evaluate_segmenter, train_segmenter
+from pipelines.engine.segmentation import TileTable, check_segmenter_config, evaluate_segmenter, train_segmenter
 from pipelines.engine.segmentation import summary_lines as summary_lines  # the task's headline
 from pipelines.runs import TILES
 from pipelines.runs.folder import SPLIT, read_split, write_split
@@ -71,25 +68,7 @@ def defaults() -> dict:
 
 def validate(cfg: Mapping) -> None:
     check_declared(cfg, DEFAULTS)
-    d, m, e = cfg["data"], cfg["model"], cfg["eval"]
-    for key, value in (("data.crop", d["crop"]), ("eval.tile", e["tile"])):
-        if value % 32:
-            raise ConfigError(f"bad value for '{key}': {value}; U-Net++ needs a multiple of 32, "
-                              f"e.g. {value // 32 * 32 or 32}")
-    if not 0 <= e["overlap"] < e["tile"]:
-        raise ConfigError(f"bad value for 'eval.overlap': {e['overlap']}; it must be at least 0 and below eval.tile "
-                          f"({e['tile']})")
-    if not 0 < e["threshold"] < 1:
-        raise ConfigError(f"bad value for 'eval.threshold': {e['threshold']}; give a probability between 0 and 1")
-    for key in ("slack", "overlays", "bootstrap"):
-        if e[key] < 0:
-            raise ConfigError(f"bad value for 'eval.{key}': {e[key]}; it must be 0 or more")
-    check_encoder(m["encoder"])
-    if m["encoder_weights"] and not Path(m["encoder_weights"]).expanduser().is_file():
-        raise ConfigError(f"model.encoder_weights file not found: {m['encoder_weights']}; "
-                          "pass a .safetensors or .pt file of the encoder")
-    if m.get("pretrained") and not m["encoder_weights"]:
-        packaged_weights(packaged_encoder(m["encoder"]))  # installed and intact, before any work
+    check_segmenter_config(cfg)
 
 
 def prepare_demo(data_dir: Path, small: bool = False) -> Path:

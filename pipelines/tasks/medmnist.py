@@ -23,9 +23,9 @@ from pipelines.datasets.images import ArrayImageDataset
 from pipelines.datasets.medmnist import CATALOG, MedMNISTData, check_flag, read_medmnist
 from pipelines.datasets.medmnist_demo import write_demo_medmnist
 from pipelines.engine.classification import (
-    build_model,
     check_model_config,
     classifier_spec_of,
+    finetune_model,
     load_best_model,
     selected_epoch,
 )
@@ -140,12 +140,13 @@ def train(cfg: Mapping, run_dir: Path, ctx: Context, data: MedMNISTData | None =
         loss = build_loss(t["loss"], weights if t["loss"] != "ce" else None, t["focal_gamma"])
     seed_everything(int(cfg["seed"]))
     sample_weights = weights[torch.as_tensor(data.labels["train"])].double() if t["sampler"] == "balanced" else None
+    model, fresh = finetune_model(cfg, len(data.class_names))
     kind = ClassifierKind(
-        build_model(cfg, len(data.class_names)), loss,
+        model, loss,
         _dataset(data, "train", t["augment"], d["image_size"]), _dataset(data, "val", "none", d["image_size"]),
         data.class_names, t["batch_size"], d["workers"], int(cfg["seed"]), ctx, sample_weights=sample_weights,
         scorer=_scoring(data, cfg), multilabel=data.multilabel, amp=t["amp"],
-        channels_last=t["channels_last"],
+        channels_last=t["channels_last"], fresh=fresh,
     )
     Runner(kind, Settings.from_train(t), run_dir, ctx, save=checkpoint_saver(_spec(cfg, data)), cfg=cfg).fit()
     if ctx.is_main:

@@ -4,7 +4,7 @@ validation, segmenters. A batch is ``{"image", <target>}``; the step is one loss
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -15,6 +15,7 @@ from pipelines.core.device import Context
 from pipelines.core.errors import DataError
 from pipelines.engine.metrics import classification_metrics
 from pipelines.training.data import EpochLoader, make_loader, predict
+from pipelines.training.finetune import param_groups
 
 __all__ = ["ImageKind", "ClassifierKind", "MONITORS"]
 
@@ -32,12 +33,15 @@ class ImageKind:
         ctx: device and DDP rank (the sampler shards by rank).
         validator: ``validator(model) -> metrics`` with the monitor (and ``loss``).
         sample_weights: per-sample weights for class-balanced sampling; None shuffles.
+        fresh: parameter-name prefixes of the parts new to a pretrained body (a head, a decoder): they learn at
+            ``settings.lr``, the rest at ``lr * body_lr_scale`` (:mod:`pipelines.training.finetune`).
     """
 
     def __init__(self, model: nn.Module, loss_fn: nn.Module, train_set: Dataset, batch_size: int, workers: int,
                  seed: int, ctx: Context, validator: Callable[[nn.Module], dict],
-                 sample_weights: torch.Tensor | None = None, target: str = "label", channels_last: bool = False):
-        self.device, self.target, self.channels_last = ctx.device, target, channels_last
+                 sample_weights: torch.Tensor | None = None, target: str = "label", channels_last: bool = False,
+                 fresh: Sequence[str] = ()):
+        self.device, self.target, self.channels_last, self.fresh = ctx.device, target, channels_last, tuple(fresh)
         self.model = model.to(self.device)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -45,6 +49,10 @@ class ImageKind:
         self.validator = validator
         self.loader = EpochLoader(train_set, batch_size, workers, seed, ctx.rank, ctx.world_size, sample_weights,
                                   self.device)
+
+    def optimizers(self, model: nn.Module, settings) -> dict[str, torch.optim.Optimizer]:
+        groups = param_groups(model, settings.lr, settings.body_lr_scale, self.fresh)
+        return {"loss": torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay)}
 
     def steps_per_epoch(self) -> int:
         return len(self.loader)
@@ -73,11 +81,12 @@ class ClassifierKind(ImageKind):
     def __init__(self, model: nn.Module, loss_fn: nn.Module, train_set: Dataset, val_set: Dataset,
                  class_names: list[str], batch_size: int, workers: int, seed: int, ctx: Context,
                  sample_weights: torch.Tensor | None = None, scorer: Callable | None = None,
-                 multilabel: bool = False, amp: bool = False, channels_last: bool = False, show: bool = True):
+                 multilabel: bool = False, amp: bool = False, channels_last: bool = False, show: bool = True,
+                 fresh: Sequence[str] = ()):
         if val_set is None or len(val_set) == 0:
             raise DataError("the validation split is empty; raise data.val_fraction or add data")
         super().__init__(model, loss_fn, train_set, batch_size, workers, seed, ctx, self._score, sample_weights,
-                         "label", channels_last)
+                         "label", channels_last, fresh)
         self.scorer = scorer or functools.partial(classification_metrics, class_names=class_names)
         self.multilabel, self.amp, self.show = multilabel, amp, show and ctx.is_main
         self.val_loader = make_loader(val_set, batch_size, workers, seed + 7919, None, self.device)

