@@ -135,9 +135,9 @@ def fuseg(shared: Path, out: Path, args) -> list[dict]:
             seconds += s
         mean = statistics.fmean(dice)
         half = _t95(len(dice)) * statistics.stdev(dice) / math.sqrt(len(dice)) if len(dice) > 1 else float("nan")
+        interval = [max(0.0, mean - half), min(1.0, mean + half)]
         rows.append({"experiment": f"FUSeg wound segmentation ({args.folds}-fold CV, 50 photos)", "start": start,
-                     "metric": "test Dice, mean of folds", "values": {"dice": mean}, "ci95": {"dice": [max(0.0, mean - half),
-                                                                                                   min(1.0, mean + half)]},
+                     "metric": "test Dice, mean of folds", "values": {"dice": mean}, "ci95": {"dice": interval},
                      "folds": dice, "n": 50, "seconds": seconds, "recipe": recipe})
         ext = statistics.fmean(external)
         rows.append({"experiment": "Medetec external test (8 images, each fold's model)", "start": start,

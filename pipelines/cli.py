@@ -90,7 +90,7 @@ def _build_parser() -> argparse.ArgumentParser:
         srv.add_argument("--port", type=int, default=8501, help="port (default: 8501)")
         srv.set_defaults(func=cmd_serve, page=name)
 
-    tl = sub.add_parser("tile", help="segment large GeoTIFFs block by block (windowed, Dask) into COG masks, "
+    tl = sub.add_parser("tile", help="turn large GeoTIFFs block by block (windowed, Dask) into COG masks, "
                         "resumable; optional GeoJSON footprints")
     tl.add_argument("inputs", nargs="+", metavar="INPUT", help="GeoTIFF files or folders of them")
     tl.add_argument("--model", required=True, metavar="RUN_DIR|WEIGHTS",

@@ -77,7 +77,7 @@ def test_a_task_is_registered_by_its_module_and_yaml_pair(tmp_path):
         (tmp_path / name).write_text("")
     assert discover(tmp_path, "pkg") == {"alpha": "pkg.alpha"}
     assert discover(PACKAGE / "tasks", "pipelines.tasks") == TASKS
-    assert set(TASKS) == {"breakhis", "buildings", "dfu", "medmnist", "toc3d"}
+    assert set(TASKS) == {"breakhis", "buildings", "classify", "dfu", "medmnist", "segment", "toc3d"}
 
 
 def test_a_module_missing_pieces_is_one_line_naming_them():
