@@ -168,7 +168,18 @@ def test_report_writes_metrics_predictions_and_plots(tmp_path):
     assert set(report) == {"stages", "val", "test", "info"} and report["test"]["lesion_level"]["n"] == 20
     assert (tmp_path / "plots" / "confusion_matrix.png").is_file()
     assert (tmp_path / "plots" / "confusion_matrix_val.png").is_file()
+    assert (tmp_path / "plots" / "roc_pr.png").stat().st_size > 10_000  # two panels, three curves each
     assert len(load_predictions(tmp_path)) == 60
+
+
+def test_roc_pr_plot_of_binary_multilabel_and_a_class_without_positives(tmp_path):
+    from pipelines.engine.plots import plot_roc_pr
+
+    y, p = _informative(40, 2, seed=1)
+    plot_roc_pr(np.asarray(y), p, ["benign", "malignant"], tmp_path / "binary.png")
+    rows = np.stack([y, np.zeros_like(y)], 1)  # the second label never positive: no curve, no failure
+    plot_roc_pr(rows, p, ["a", "b"], tmp_path / "multilabel.png")
+    assert (tmp_path / "binary.png").is_file() and (tmp_path / "multilabel.png").is_file()
 
 
 def test_interval_helpers_without_resamples_or_samples():

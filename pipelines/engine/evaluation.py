@@ -28,7 +28,7 @@ from pipelines.engine.metrics import (
     official_acc,
     official_auc,
 )
-from pipelines.engine.plots import plot_confusion_matrix
+from pipelines.engine.plots import plot_confusion_matrix, plot_roc_pr
 from pipelines.runs.folder import METRICS_FILE, PREDICTIONS
 
 __all__ = ["HEADLINE", "OFFICIAL", "Scoring", "Predicted", "score_split", "compact_scores", "write_predictions",
@@ -156,7 +156,8 @@ def write_predictions(path: Path, rows: pd.DataFrame, probs: np.ndarray, class_n
 
 def write_report(run_dir: Path, predicted: Mapping[str, Predicted], scoring: Scoring, info: Mapping,
                  extra: Mapping | None = None) -> dict:
-    """Score every split, plot its confusion matrix, write the test split's predictions.csv and metrics.json
+    """Score every split, plot its confusion matrix (and the test split's ROC and precision-recall curves,
+    ``plots/roc_pr.png``), write the test split's predictions.csv and metrics.json
     (``{**extra, <split>: scores..., "info": info}``); returns that report."""
     run_dir = Path(run_dir)
     report: dict = dict(extra or {})
@@ -168,6 +169,8 @@ def write_report(run_dir: Path, predicted: Mapping[str, Predicted], scoring: Sco
                                   run_dir / "plots" / f"confusion_matrix{'' if split == 'test' else f'_{split}'}.png",
                                   title=split)
         if split == "test":
+            plot_roc_pr(np.asarray(p.labels), np.asarray(p.probs), list(scoring.class_names),
+                        run_dir / "plots" / "roc_pr.png", title=split)
             write_predictions(run_dir / PREDICTIONS, p.rows, p.probs, scoring.class_names, scoring.multilabel,
                               p.members)
     report["info"] = dict(info)

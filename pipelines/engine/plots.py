@@ -12,7 +12,7 @@ import pandas as pd
 
 from pipelines.core.io import atomic_write_bytes
 
-__all__ = ["plot_confusion_matrix", "plot_history", "segmentation_overlay", "save_png"]
+__all__ = ["plot_confusion_matrix", "plot_roc_pr", "plot_history", "segmentation_overlay", "save_png"]
 
 # true positives green, false positives red, false negatives blue
 OVERLAY_COLOURS = {"tp": (0, 200, 0), "fp": (230, 0, 0), "fn": (0, 90, 255)}
@@ -54,6 +54,36 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence
             for j in range(k):
                 ax.text(j, i, format(values[i, j], fmt), ha="center", va="center",
                         color="white" if values[i, j] > threshold else "black", fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_roc_pr(labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str], path: Path,
+                title: str = "") -> None:
+    """ROC (left) and precision-recall (right) curves, one class against the rest (two classes: the second
+    class only), by scikit-learn. ``labels``: class indices, or 0/1 rows for multi-label data. A class
+    without positives or without negatives in ``labels`` has no curve and is left out."""
+    from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
+
+    plt = _figure()
+    onehot = labels if labels.ndim == 2 else np.eye(len(class_names), dtype=int)[labels]
+    shown = [1] if len(class_names) == 2 and labels.ndim == 1 else range(len(class_names))
+    fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(9, 4))
+    for i in shown:
+        y, score = onehot[:, i], probs[:, i]
+        if y.min() == y.max():
+            continue
+        fpr, tpr, _ = roc_curve(y, score)
+        precision, recall, _ = precision_recall_curve(y, score)
+        roc_ax.plot(fpr, tpr, label=f"{class_names[i]} (AUC {auc(fpr, tpr):.3f})")
+        pr_ax.plot(recall, precision, label=f"{class_names[i]} (AP {average_precision_score(y, score):.3f}, "
+                                            f"prevalence {y.mean():.2f})")
+    roc_ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    roc_ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"{title} ROC".strip())
+    pr_ax.set(xlabel="recall", ylabel="precision", ylim=(0, 1.02), title=f"{title} precision-recall".strip())
+    for ax in (roc_ax, pr_ax):
+        ax.legend(fontsize=7, loc="lower right" if ax is roc_ax else "lower left")
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)

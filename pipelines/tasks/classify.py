@@ -34,7 +34,7 @@ from pipelines.runs.folder import SPLIT, read_split, write_split
 
 log = logging.getLogger(__name__)
 
-DESCRIPTION = "your own images in class folders: pretrained EfficientNet-Lite, grouped splits, calibrated report"
+DESCRIPTION = "your own images in class folders: pretrained EfficientNet-Lite, grouped splits, intervals on every score"
 SPLIT_COLUMNS = ["path", "split", "label", "group", "fixed"]
 
 # What `--demo` changes: small inputs and a short schedule on the synthetic lesion photos, for a CPU.
