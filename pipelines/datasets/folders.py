@@ -17,6 +17,7 @@ one photo never sit in train and test.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -26,7 +27,7 @@ from pipelines.datasets.near_duplicates import near_duplicate_groups, perceptual
 from pipelines.datasets.splits import check_disjoint, group_split
 
 __all__ = ["IMAGE_SUFFIXES", "SPLIT_FOLDERS", "read_class_folders", "read_pair_folders", "read_groups",
-           "near_duplicate_column", "split_rows"]
+           "near_duplicate_column", "group_rows", "split_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +201,18 @@ def near_duplicate_column(root: Path, paths: pd.Series, max_distance: int) -> pd
     """Near-duplicate group ids (as text) of the images at ``paths`` under ``root``."""
     groups = near_duplicate_groups(perceptual_hashes([Path(root) / p for p in paths]), max_distance=max_distance)
     return pd.Series([f"d{g}" for g in groups], index=paths.index, name="group")
+
+
+def group_rows(d: Mapping, root: Path, paths: pd.Series) -> pd.Series:
+    """The group of each image, from a task's ``data`` section: the ``data.groups`` CSV's, else near-duplicate
+    groups, else (``data.grouping=none``) one per image, with a warning that copies may then leak."""
+    if d["groups"]:
+        return read_groups(d["groups"], paths)
+    if d["grouping"] == "near_duplicate":
+        return near_duplicate_column(root, paths, int(d["max_distance"]))
+    log.warning("data.grouping=none: copies of one photo may sit in train and test, so scores may be "
+                "optimistic; use near_duplicate or data.groups for honest numbers")
+    return pd.Series([f"i{i}" for i in range(len(paths))], index=paths.index, name="group")
 
 
 def split_rows(paths: pd.Series, labels: pd.Series, groups: pd.Series, fixed: pd.Series, val_fraction: float,

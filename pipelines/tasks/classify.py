@@ -18,7 +18,7 @@ from pipelines.config import check_declared, load_defaults
 from pipelines.core.device import Context
 from pipelines.core.errors import ConfigError
 from pipelines.core.images import check_image_files
-from pipelines.datasets.folders import near_duplicate_column, read_class_folders, read_groups, split_rows
+from pipelines.datasets.folders import group_rows, read_class_folders, split_rows
 from pipelines.datasets.folders_demo import write_demo_classes
 from pipelines.engine.classification import (
     LabelledImages,
@@ -90,14 +90,7 @@ def build_split(cfg: Mapping) -> tuple[pd.DataFrame, list[str]]:
     frame, classes = read_class_folders(root)
     if d["verify_images"]:
         check_image_files([root / p for p in frame["path"]])
-    if d["groups"]:
-        frame["group"] = read_groups(d["groups"], frame["path"])
-    elif d["grouping"] == "near_duplicate":
-        frame["group"] = near_duplicate_column(root, frame["path"], int(d["max_distance"]))
-    else:
-        log.warning("data.grouping=none: copies of one photo may sit in train and test, so scores may be "
-                    "optimistic; use near_duplicate or data.groups for honest numbers")
-        frame["group"] = [f"i{i}" for i in range(len(frame))]
+    frame["group"] = group_rows(d, root, frame["path"])
     frame["split"] = split_rows(frame["path"], frame["label"], frame["group"], frame["fixed"], d["val_fraction"],
                                 d["test_fraction"], int(cfg["seed"]))
     return frame[SPLIT_COLUMNS], classes

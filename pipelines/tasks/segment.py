@@ -19,7 +19,7 @@ from pipelines.config import check_declared, load_defaults
 from pipelines.core.device import Context
 from pipelines.core.errors import ConfigError, DataError
 from pipelines.core.images import image_size, read_binary_mask, read_image
-from pipelines.datasets.folders import near_duplicate_column, read_groups, read_pair_folders, split_rows
+from pipelines.datasets.folders import group_rows, read_pair_folders, split_rows
 from pipelines.datasets.folders_demo import write_demo_pairs
 from pipelines.engine.classification import selected_epoch
 from pipelines.engine.segmentation import TileTable, check_segmenter_config, evaluate_segmenter, train_segmenter
@@ -106,14 +106,7 @@ def build_split(cfg: Mapping) -> pd.DataFrame:
     d = cfg["data"]
     root = Path(d["root"]).expanduser()
     frame = _check_pairs(root, read_pair_folders(root, d["images_dir"], d["masks_dir"]), bool(d["verify_masks"]))
-    if d["groups"]:
-        frame["group"] = read_groups(d["groups"], frame["path"])
-    elif d["grouping"] == "near_duplicate":
-        frame["group"] = near_duplicate_column(root, frame["path"], int(d["max_distance"]))
-    else:
-        log.warning("data.grouping=none: copies of one photo may sit in train and test, so scores may be "
-                    "optimistic; use near_duplicate or data.groups for honest numbers")
-        frame["group"] = [f"i{i}" for i in range(len(frame))]
+    frame["group"] = group_rows(d, root, frame["path"])
     one_class = pd.Series("all", index=frame.index)  # no classes to stratify by
     frame["split"] = split_rows(frame["path"], one_class, frame["group"], frame["fixed"], d["val_fraction"],
                                 d["test_fraction"], int(cfg["seed"]))
