@@ -64,17 +64,23 @@ def _ci(m: dict, key: str) -> list[float] | None:
     return (m.get("ci95") or {}).get(key)
 
 
+def _compare(task: str, root: Path, out: Path, prefix: str, recipe: dict, experiment: str, metric: str,
+             keys: tuple[str, ...], n_key: str = "n") -> list[dict]:
+    """One run per start (scratch, pretrained) of ``task`` with ``recipe``: a result row each, ``keys`` of test."""
+    rows = []
+    for start, flag in STARTS.items():
+        m, seconds, _ = run(task, root, out, f"{prefix}_{start}", {**recipe, **flag})
+        t = m["test"]
+        rows.append({"experiment": experiment, "start": start, "metric": metric, "values": {k: t[k] for k in keys},
+                     "ci95": {k: _ci(t, k) for k in keys}, "n": t[n_key], "seconds": seconds, "recipe": recipe})
+    return rows
+
+
 def breastmnist(shared: Path, out: Path, args) -> list[dict]:
     recipe = {"model.backbone": "efficientnet_lite0", "data.image_size": args.breast_size,
               "data.dataset": "breastmnist"}
-    rows = []
-    for start, flag in STARTS.items():
-        m, seconds, _ = run("medmnist", shared / "medmnist", out, f"breastmnist_{start}", {**recipe, **flag})
-        t = m["test"]
-        rows.append({"experiment": "BreastMNIST (official split)", "start": start, "metric": "test ACC / AUC",
-                     "values": {"acc": t["acc"], "auc": t["auc"]}, "ci95": {"acc": _ci(t, "acc"), "auc": _ci(t, "auc")},
-                     "n": t["n"], "seconds": seconds, "recipe": recipe})
-    return rows
+    return _compare("medmnist", shared / "medmnist", out, "breastmnist", recipe, "BreastMNIST (official split)",
+                    "test ACC / AUC", ("acc", "auc"))
 
 
 def _fold_layout(images: Path, masks: Path, folds: int, out: Path, max_distance: int, seed: int) -> list[Path]:
@@ -153,14 +159,8 @@ def _t95(n: int) -> float:
 
 def roads(shared: Path, out: Path, args) -> list[dict]:
     recipe = {"model.encoder": "tu-tf_efficientnet_lite0", "data.format": "png", "train.epochs": args.road_epochs}
-    rows = []
-    for start, flag in STARTS.items():
-        m, seconds, _ = run("buildings", shared / "massachusetts_roads", out, f"roads_{start}", {**recipe, **flag})
-        t = m["test"]
-        rows.append({"experiment": "Massachusetts roads (8 tiles: 5 / 1 / 2)", "start": start, "metric": "test IoU",
-                     "values": {"iou": t["iou"], "f1": t["f1"]}, "ci95": {"iou": _ci(t, "iou"), "f1": _ci(t, "f1")},
-                     "n": t["n_tiles"], "seconds": seconds, "recipe": recipe})
-    return rows
+    return _compare("buildings", shared / "massachusetts_roads", out, "roads", recipe,
+                    "Massachusetts roads (8 tiles: 5 / 1 / 2)", "test IoU", ("iou", "f1"), n_key="n_tiles")
 
 
 def breakhis(shared: Path, out: Path, args) -> list[dict]:
@@ -172,14 +172,8 @@ def breakhis(shared: Path, out: Path, args) -> list[dict]:
     pd.DataFrame({"path": paths, "group": [Path(p).parts[-3] for p in paths]}).to_csv(groups, index=False)
     recipe = {"data.groups": str(groups), "data.image_size": 96, "train.epochs": 5, "eval.bootstrap": 200,
               "data.val_fraction": 0.3, "data.test_fraction": 0.3}
-    rows = []
-    for start, flag in STARTS.items():
-        m, seconds, _ = run("classify", root, out, f"breakhis_{start}", {**recipe, **flag})
-        t = m["test"]
-        rows.append({"experiment": "BreakHis sample through classify (10 images, 8 patients)", "start": start,
-                     "metric": "test accuracy", "values": {"accuracy": t["accuracy"]},
-                     "ci95": {"accuracy": _ci(t, "accuracy")}, "n": t["n"], "seconds": seconds, "recipe": recipe})
-    return rows
+    return _compare("classify", root, out, "breakhis", recipe,
+                    "BreakHis sample through classify (10 images, 8 patients)", "test accuracy", ("accuracy",))
 
 
 def _fmt(row: dict) -> str:

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.core.errors import DataError
+from pipelines.core.errors import ConfigError, DataError
 from pipelines.datasets.near_duplicates import near_duplicate_groups, perceptual_hashes
 from pipelines.datasets.splits import check_disjoint, group_split
 
 __all__ = ["IMAGE_SUFFIXES", "SPLIT_FOLDERS", "read_class_folders", "read_pair_folders", "read_groups",
-           "near_duplicate_column", "group_rows", "split_rows"]
+           "near_duplicate_column", "check_groups_option", "group_rows", "split_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +201,12 @@ def near_duplicate_column(root: Path, paths: pd.Series, max_distance: int) -> pd
     """Near-duplicate group ids (as text) of the images at ``paths`` under ``root``."""
     groups = near_duplicate_groups(perceptual_hashes([Path(root) / p for p in paths]), max_distance=max_distance)
     return pd.Series([f"d{g}" for g in groups], index=paths.index, name="group")
+
+
+def check_groups_option(d: Mapping) -> None:
+    """Refuse a ``data.groups`` file that is not there, before any run folder exists."""
+    if d["groups"] and not Path(d["groups"]).expanduser().is_file():
+        raise ConfigError(f"data.groups file not found: {d['groups']}; give a CSV with columns path,group")
 
 
 def group_rows(d: Mapping, root: Path, paths: pd.Series) -> pd.Series:

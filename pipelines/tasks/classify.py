@@ -16,9 +16,8 @@ import pandas as pd
 
 from pipelines.config import check_declared, load_defaults
 from pipelines.core.device import Context
-from pipelines.core.errors import ConfigError
 from pipelines.core.images import check_image_files
-from pipelines.datasets.folders import group_rows, read_class_folders, split_rows
+from pipelines.datasets.folders import check_groups_option, group_rows, read_class_folders, split_rows
 from pipelines.datasets.folders_demo import write_demo_classes
 from pipelines.engine.classification import (
     LabelledImages,
@@ -66,8 +65,7 @@ def defaults() -> dict:
 def validate(cfg: Mapping) -> None:
     check_declared(cfg, DEFAULTS)
     check_model_config(cfg)
-    if cfg["data"]["groups"] and not Path(cfg["data"]["groups"]).expanduser().is_file():
-        raise ConfigError(f"data.groups file not found: {cfg['data']['groups']}; give a CSV with columns path,group")
+    check_groups_option(cfg["data"])
 
 
 def prepare_demo(data_dir: Path, small: bool = False) -> Path:

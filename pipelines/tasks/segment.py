@@ -17,9 +17,9 @@ import pandas as pd
 
 from pipelines.config import check_declared, load_defaults
 from pipelines.core.device import Context
-from pipelines.core.errors import ConfigError, DataError
+from pipelines.core.errors import DataError
 from pipelines.core.images import image_size, read_binary_mask, read_image
-from pipelines.datasets.folders import group_rows, read_pair_folders, split_rows
+from pipelines.datasets.folders import check_groups_option, group_rows, read_pair_folders, split_rows
 from pipelines.datasets.folders_demo import write_demo_pairs
 from pipelines.engine.classification import selected_epoch
 from pipelines.engine.segmentation import TileTable, check_segmenter_config, evaluate_segmenter, train_segmenter
@@ -68,8 +68,7 @@ def defaults() -> dict:
 def validate(cfg: Mapping) -> None:
     check_declared(cfg, DEFAULTS)
     check_segmenter_config(cfg)
-    if cfg["data"]["groups"] and not Path(cfg["data"]["groups"]).expanduser().is_file():
-        raise ConfigError(f"data.groups file not found: {cfg['data']['groups']}; give a CSV with columns path,group")
+    check_groups_option(cfg["data"])
 
 
 def prepare_demo(data_dir: Path, small: bool = False) -> Path:
