@@ -13,7 +13,7 @@ from PIL import Image
 
 from pipelines.core.errors import ConfigError, DataError
 from pipelines.datasets.massachusetts import find_layout, nodata_mask, read_mask, read_massachusetts, read_pair
-from pipelines.engine.losses import DiceBCELoss
+from pipelines.engine.losses import DiceCELoss
 from pipelines.engine.metrics import (
     relaxed_precision_recall,
     segmentation_counts,
@@ -252,12 +252,12 @@ def test_overlay_colours_and_size():
 # ------------------------------------------------------------------------------------------------ loss, model
 
 def test_dice_bce_by_hand_and_invalid_pixels_are_ignored():
-    loss = DiceBCELoss()
+    loss = DiceCELoss()
     zeros, ones = torch.zeros(2, 1, 8, 8), torch.ones(2, 1, 8, 8)
     expected = np.log(2) + 1 - (2 * 64 + 1) / (64 + 128 + 1)  # p = 0.5 everywhere, all 128 pixels buildings
     assert float(loss(zeros, ones)) == pytest.approx(expected, rel=1e-5)
     assert float(loss(torch.full((2, 1, 8, 8), 20.0), ones)) < 1e-3
-    assert float(DiceBCELoss(dice_weight=0)(zeros, ones)) == pytest.approx(np.log(2), rel=1e-5)
+    assert float(DiceCELoss(dice_weight=0)(zeros, ones)) == pytest.approx(np.log(2), rel=1e-5)
     valid = torch.ones(2, 1, 8, 8)
     valid[:, :, :, 4:] = 0
     logits = torch.randn(2, 1, 8, 8, requires_grad=True)
@@ -284,7 +284,7 @@ def test_deep_supervision_heads_are_trained():
     x, y = torch.randn(2, 3, 64, 64), (torch.rand(2, 1, 64, 64) > 0.7).float()
     outputs = model(x)
     assert len(outputs) == 4
-    loss = DiceBCELoss()(outputs, y)
+    loss = DiceCELoss()(outputs, y)
     loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.aux_heads.parameters())
     opt.step()

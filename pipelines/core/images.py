@@ -21,8 +21,8 @@ from PIL import Image, UnidentifiedImageError
 
 from pipelines.core.errors import DataError
 
-__all__ = ["MAX_PIXELS", "open_image", "image_size", "read_image", "read_binary_mask", "decode_image",
-           "check_image_files"]
+__all__ = ["MAX_PIXELS", "open_image", "image_size", "read_image", "read_binary_mask", "read_class_mask",
+           "decode_image", "check_image_files"]
 
 MAX_PIXELS = 100_000_000  # larger images are refused as possible decompression bombs
 
@@ -108,6 +108,46 @@ def read_binary_mask(path: str | Path, what: str = "mask") -> np.ndarray:
     odd = sorted(found - {0, 1, 255}) or sorted(found)
     raise DataError(f"{what} {path} has values other than 0/255 or 0/1 (e.g. {', '.join(map(str, odd[:3]))}); "
                     "target pixels must be 255 (or 1) and the rest 0: re-export it as PNG (JPEG adds noise)")
+
+
+def read_class_mask(path: str | Path, n_classes: int, palette: Sequence[Sequence[int]] | None = None,
+                    ignore: int | None = None, what: str = "mask") -> tuple[np.ndarray, np.ndarray]:
+    """A class-index mask file as ``(labels, valid)``: ``(H, W)`` uint8 class indices and ``(H, W)`` bool.
+
+    Without ``palette`` the pixel values are the indices (a grey PNG, or a palette PNG's indices, as Pascal VOC
+    and most annotation tools write them); with ``palette`` (one ``[R, G, B]`` per class, in class order) each
+    pixel's colour names its class. ``ignore`` (index masks only) is a value whose pixels count nowhere, such as
+    Pascal VOC's 255 on object borders: ``valid`` is False there. A value or colour outside the classes is a
+    one-line DataError naming the file and an example of it.
+    """
+    path = Path(path)
+    with open_image(path, f"{what} {path}") as image:
+        if palette is None:
+            values = np.asarray(image if image.mode == "P" else image.convert("L"))
+        else:
+            values = np.asarray(image.convert("RGB"))
+    if palette is not None:
+        colours = np.asarray(palette, np.int64).reshape(-1, 3)
+        keys = (values[..., 0].astype(np.int64) << 16) | (values[..., 1].astype(np.int64) << 8) | values[..., 2]
+        table = (colours[:, 0] << 16) | (colours[:, 1] << 8) | colours[:, 2]
+        order = np.argsort(table)
+        at = np.searchsorted(table[order], keys).clip(0, len(table) - 1)
+        known = table[order][at] == keys
+        if not known.all():
+            r, g, b = (int(v) for v in values[~known][0])
+            raise DataError(f"{what} {path} has the colour [{r}, {g}, {b}], which data.palette does not list; add "
+                            "it (one [R, G, B] per class, in data.classes order) or re-export the mask")
+        values = order[at].astype(np.int64)
+    bad = values >= n_classes
+    if ignore is not None:
+        bad &= values != ignore
+    if bad.any():
+        odd = sorted(set(np.unique(values[bad]).tolist()))
+        raise DataError(f"{what} {path} has the value {odd[0]} but data.classes lists {n_classes} classes "
+                        f"(0 to {n_classes - 1}); list every class in data.classes"
+                        + ("" if ignore is not None else ", or set data.ignore_value for pixels that count nowhere"))
+    valid = values != ignore if ignore is not None else np.ones(values.shape, bool)
+    return np.where(valid, values, 0).astype(np.uint8), valid
 
 
 def decode_image(data: bytes, name: str, colour: str = "rgb", max_pixels: int = MAX_PIXELS) -> np.ndarray:

@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["DEMO_CLASSES", "write_demo_classes", "write_demo_pairs"]
+__all__ = ["DEMO_CLASSES", "DEMO_TISSUES", "write_demo_classes", "write_demo_pairs"]
 
 VERSION = 1
 DEMO_CLASSES = {"irregular": 45, "ring": 25, "round": 70}  # images per class: very different sizes
@@ -106,9 +106,13 @@ def write_demo_classes(root: str | Path, per_class: dict[str, int] | None = None
     return root
 
 
-def write_demo_pairs(root: str | Path, count: int = 40, seed: int = 0) -> Path:
-    """Write (once) ``ROOT/images/NAME.jpg|png`` with ``ROOT/masks/NAME.png`` (0/255): one irregular wound per
-    photo, 192-320 px on each side. Returns ``root``."""
+DEMO_TISSUES = ("background", "granulation", "slough")  # the class-index demo's classes, in index order
+
+
+def write_demo_pairs(root: str | Path, count: int = 40, seed: int = 0, tissue: bool = False) -> Path:
+    """Write (once) ``ROOT/images/NAME.jpg|png`` with ``ROOT/masks/NAME.png``: one irregular wound per photo,
+    192-320 px on each side. Masks are 0/255 wound masks, or with ``tissue`` class indices of
+    :data:`DEMO_TISSUES` (the wound's red granulation 1, its yellow slough 2). Returns ``root``."""
     root = Path(root)
     if _fresh(root):
         return root
@@ -120,11 +124,14 @@ def write_demo_pairs(root: str | Path, count: int = 40, seed: int = 0) -> Path:
         image = _skin(rng, h, w)
         wound = _blob(rng, h, w, 0.18)
         slough = cv2.GaussianBlur(rng.random((h, w)).astype(np.float32), (0, 0), 5)[..., None]
+        if tissue:  # sharpen the blend so each wound pixel has one tissue the mask can name
+            slough = (slough > np.median(slough)).astype(np.float32)
         colour = np.array([170, 45, 40], np.float32) * (1 - slough) + np.array([215, 190, 90], np.float32) * slough
         edge = cv2.GaussianBlur(wound, (0, 0), 1.5)[..., None]
         image = np.clip(image * (1 - edge) + colour * edge + rng.normal(0, 4, image.shape), 0, 255).astype(np.uint8)
         name = f"wound_{i:03d}"
         _write(root / "images" / name, image, jpeg=i % 2 == 0)
-        cv2.imwrite(str(root / "masks" / f"{name}.png"), (wound * 255).astype(np.uint8))
+        mask = wound * (1 + slough[..., 0]) if tissue else wound * 255
+        cv2.imwrite(str(root / "masks" / f"{name}.png"), mask.astype(np.uint8))
     (root / ".demo_version").write_text(str(VERSION))
     return root

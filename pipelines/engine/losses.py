@@ -11,7 +11,7 @@ from torch import nn
 
 from pipelines.core.errors import DataError
 
-__all__ = ["LOSSES", "class_weights", "FocalLoss", "build_loss", "DiceBCELoss"]
+__all__ = ["LOSSES", "class_weights", "FocalLoss", "build_loss", "DiceCELoss"]
 
 LOSSES = ("ce", "weighted_ce", "focal")
 
@@ -55,30 +55,32 @@ def build_loss(name: str, weights: torch.Tensor | None, gamma: float = 2.0) -> n
     raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
 
 
-class DiceBCELoss(nn.Module):
-    """Binary cross-entropy plus soft Dice loss (``1 - Dice``) for one-channel masks, ignoring invalid pixels.
+class DiceCELoss(nn.Module):
+    """Cross-entropy plus soft Dice loss (``1 - Dice``) for segmentation, ignoring invalid pixels.
 
-    Dice is computed over the whole batch (not per image), so crops without any foreground stay stable.
-    With deep supervision the model returns a list of logits ``[main, aux_1, ...]``; the loss is the mean of
-    each head's loss.
+    One output channel is a binary mask: binary cross-entropy on its sigmoid. ``K > 1`` channels are classes:
+    softmax cross-entropy on the class indices, and Dice averaged over the K classes. Dice is computed over the
+    whole batch (not per image), so crops without any foreground stay stable. With deep supervision the model
+    returns a list of logits ``[main, aux_1, ...]``; the loss is the mean of each head's loss.
 
     Args:
-        bce_weight, dice_weight: weights of the two terms.
+        ce_weight, dice_weight: weights of the two terms.
         smooth: added to Dice's numerator and denominator (no 0/0 on empty batches).
 
     Shapes:
-        logits ``(B, 1, H, W)`` (or a list of them); target ``(B, 1, H, W)`` of 0/1, or ``(B, 2, H, W)``
-        whose second channel is 1 where the pixel counts and 0 where it does not (no-data areas).
+        logits ``(B, K, H, W)`` (or a list of them); target ``(B, 1, H, W)`` (0/1 with one channel, class
+        indices with K), or ``(B, 2, H, W)`` whose second channel is 1 where the pixel counts and 0 where it
+        does not (no-data areas, ignored labels).
 
     Example:
-        >>> loss = DiceBCELoss()(torch.zeros(2, 1, 8, 8), torch.ones(2, 1, 8, 8))
+        >>> loss = DiceCELoss()(torch.zeros(2, 1, 8, 8), torch.ones(2, 1, 8, 8))
         >>> round(float(loss), 3)  # BCE log 2, plus 1 - (2 * 64 + 1) / (64 + 128 + 1)
         1.025
     """
 
-    def __init__(self, bce_weight: float = 1.0, dice_weight: float = 1.0, smooth: float = 1.0):
+    def __init__(self, ce_weight: float = 1.0, dice_weight: float = 1.0, smooth: float = 1.0):
         super().__init__()
-        self.bce_weight, self.dice_weight, self.smooth = bce_weight, dice_weight, smooth
+        self.ce_weight, self.dice_weight, self.smooth = ce_weight, dice_weight, smooth
 
     def forward(self, logits: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         if isinstance(logits, (list, tuple)):
@@ -89,9 +91,15 @@ class DiceBCELoss(nn.Module):
             target, valid = target[:, :1], target[:, 1:]
         else:
             valid = torch.ones_like(target)
-        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-        bce = (bce * valid).sum() / valid.sum().clamp_min(1)
-        prob = torch.sigmoid(logits) * valid
-        truth = target * valid
-        dice = (2 * (prob * truth).sum() + self.smooth) / (prob.sum() + truth.sum() + self.smooth)
-        return self.bce_weight * bce + self.dice_weight * (1 - dice)
+        if logits.shape[1] == 1:
+            ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+            prob, truth = torch.sigmoid(logits) * valid, target * valid
+        else:
+            labels = target[:, 0].long().clamp(0, logits.shape[1] - 1)  # invalid pixels may hold any value
+            ce = F.cross_entropy(logits, labels, reduction="none")[:, None]
+            prob = torch.softmax(logits, 1) * valid
+            truth = F.one_hot(labels, logits.shape[1]).permute(0, 3, 1, 2).float() * valid
+        ce = (ce * valid).sum() / valid.sum().clamp_min(1)
+        dims = (0, 2, 3)  # per class over the batch; one class for a binary mask
+        dice = (2 * (prob * truth).sum(dims) + self.smooth) / (prob.sum(dims) + truth.sum(dims) + self.smooth)
+        return self.ce_weight * ce + self.dice_weight * (1 - dice.mean())

@@ -1,7 +1,8 @@
-"""Metrics, one module for every task: classification (scikit-learn underneath) and binary segmentation.
+"""Metrics, one module for every task: classification (scikit-learn underneath) and segmentation (binary
+masks, and class-index masks through a pixel confusion matrix).
 
-``classification_metrics`` and ``segmentation_scores`` return the dicts stored under ``metrics.json``'s
-``val`` and ``test``.
+``classification_metrics``, ``segmentation_scores`` and ``class_scores`` return the dicts stored under
+``metrics.json``'s ``val`` and ``test``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pipelines.engine.bootstrap import classification_intervals, multilabel_inte
 __all__ = [
     "classification_metrics", "bootstrap_ci", "grouped_metrics", "breakdown", "official_auc", "official_acc",
     "multilabel_metrics", "segmentation_counts", "segmentation_scores", "segmentation_metrics",
-    "relaxed_precision_recall",
+    "relaxed_precision_recall", "class_confusion", "class_scores",
 ]
 
 MULTILABEL = "multi-label, binary-class"
@@ -305,3 +306,59 @@ def relaxed_precision_recall(pred: np.ndarray, target: np.ndarray, slack: float 
     """
     m = segmentation_metrics(pred, target, valid, slack)
     return m["relaxed_precision"], m["relaxed_recall"]
+
+
+def class_confusion(pred: np.ndarray, target: np.ndarray, n_classes: int, valid: np.ndarray | None = None
+                    ) -> np.ndarray:
+    """``(K, K)`` int64 pixel counts, rows the true class and columns the predicted one, summable over tiles.
+
+    ``np.bincount`` rather than scikit-learn's ``confusion_matrix``: a photo has millions of pixels and this is
+    one pass over them.
+    """
+    pred, target = np.asarray(pred).ravel().astype(np.int64), np.asarray(target).ravel().astype(np.int64)
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction {pred.shape} and truth {target.shape} differ in size")
+    if valid is not None:
+        keep = np.asarray(valid).ravel().astype(bool)
+        pred, target = pred[keep], target[keep]
+    return np.bincount(target * n_classes + pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def class_scores(confusion: np.ndarray, names: Sequence[str]) -> dict:
+    """Scores of a class-index segmentation from its (summed) :func:`class_confusion`; class 0 is background.
+
+    ``iou``, ``f1`` (Dice), ``precision`` and ``recall`` are means over the foreground classes (1..K-1), so they
+    read like the binary target's; ``mean_iou`` and ``mean_accuracy`` are means over every class, background
+    included (the papers' mIoU); ``pixel_accuracy``, ``positive_fraction`` (the share of counted pixels whose
+    truth is not background), ``pixels``; ``per_class``: each class's ``iou``, ``f1``, ``precision``,
+    ``recall`` and ``pixels`` (its true pixels). A class in neither truth nor prediction scores 1.0, one in
+    only one of them 0.0 (as in :func:`segmentation_scores`); with no pixel counted every score is None.
+
+    Example:
+        >>> m = class_scores(class_confusion(np.array([0, 1, 2, 2]), np.array([0, 1, 2, 1]), 3), ["bg", "a", "b"])
+        >>> m["pixel_accuracy"], m["per_class"]["a"]["recall"], m["per_class"]["b"]["iou"]
+        (0.75, 0.5, 0.5)
+    """
+    c = np.asarray(confusion, dtype=np.int64)
+    n = int(c.sum())
+    keys = ("iou", "f1", "precision", "recall", "mean_iou", "mean_accuracy", "pixel_accuracy", "positive_fraction")
+    if n == 0:
+        return {**dict.fromkeys(keys), "pixels": 0, "per_class": {k: None for k in names}}
+    tp, true, predicted = np.diag(c), c.sum(1), c.sum(0)
+    per_class = {}
+    for k, name in enumerate(names):
+        absent = true[k] + predicted[k] == 0
+        fp, fn = int(predicted[k] - tp[k]), int(true[k] - tp[k])
+        per_class[name] = {"iou": _ratio(int(tp[k]), int(tp[k]) + fp + fn, absent),
+                           "f1": _ratio(2 * int(tp[k]), 2 * int(tp[k]) + fp + fn, absent),
+                           "precision": _ratio(int(tp[k]), int(predicted[k]), absent),
+                           "recall": _ratio(int(tp[k]), int(true[k]), absent), "pixels": int(true[k])}
+    rows = list(per_class.values())
+
+    def mean(key: str, start: int) -> float:
+        return float(np.mean([r[key] for r in rows[start:]]))
+
+    return {"iou": mean("iou", 1), "f1": mean("f1", 1), "precision": mean("precision", 1),
+            "recall": mean("recall", 1), "mean_iou": mean("iou", 0), "mean_accuracy": mean("recall", 0),
+            "pixel_accuracy": float(tp.sum() / n), "positive_fraction": float(true[1:].sum() / n), "pixels": n,
+            "per_class": per_class}

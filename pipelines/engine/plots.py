@@ -12,10 +12,13 @@ import pandas as pd
 
 from pipelines.core.io import atomic_write_bytes
 
-__all__ = ["plot_confusion_matrix", "plot_roc_pr", "plot_history", "segmentation_overlay", "save_png"]
+__all__ = ["plot_confusion_matrix", "plot_roc_pr", "plot_history", "segmentation_overlay", "class_overlay", "save_png"]
 
 # true positives green, false positives red, false negatives blue
 OVERLAY_COLOURS = {"tp": (0, 200, 0), "fp": (230, 0, 0), "fn": (0, 90, 255)}
+# class-index masks without a palette: matplotlib's tab10, class 1 onwards (background is never painted)
+CLASS_COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+                 (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
 
 
 def _figure():
@@ -134,6 +137,37 @@ def segmentation_overlay(image: np.ndarray, pred: np.ndarray, target: np.ndarray
     if scale < 1:
         out = cv2.resize(out, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
     return out.clip(0, 255).astype(np.uint8)
+
+
+def class_overlay(image: np.ndarray, pred: np.ndarray, target: np.ndarray, valid: np.ndarray | None = None,
+                  palette=None, max_side: int = 512, alpha: float = 0.55) -> np.ndarray:
+    """Prediction (left) and truth (right) of a class-index mask, each class blended over the image in its
+    colour (``palette``: one ``[R, G, B]`` per class, as in the masks; else :data:`CLASS_COLOURS`); background
+    (class 0) is left as it is and no-data pixels are greyed. Each panel's longer side is at most ``max_side``.
+
+    Returns:
+        ``(h, 2 w + 4, 3)`` uint8 RGB.
+    """
+    import cv2
+
+    if palette is None:  # uint8 labels: 255 classes at most, the ten colours in turn
+        palette = [(0, 0, 0), *(CLASS_COLOURS[k % len(CLASS_COLOURS)] for k in range(255))]
+    colours = np.asarray(palette, np.float32)
+    panels = []
+    for labels in (pred, target):
+        out = image[..., :3].astype(np.float32)
+        for k in range(1, int(max(labels.max(initial=0), 0)) + 1):
+            where = labels == k
+            out[where] = (1 - alpha) * out[where] + alpha * colours[min(k, len(colours) - 1)]
+        if valid is not None:
+            out[~valid.astype(bool)] = 128
+        h, w = out.shape[:2]
+        scale = max_side / max(h, w)
+        if scale < 1:
+            out = cv2.resize(out, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        panels.append(out.clip(0, 255).astype(np.uint8))
+    gap = np.full((panels[0].shape[0], 4, 3), 255, np.uint8)
+    return np.concatenate([panels[0], gap, panels[1]], axis=1)
 
 
 def save_png(rgb: np.ndarray, path: Path) -> None:

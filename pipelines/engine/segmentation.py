@@ -1,10 +1,13 @@
-"""Training and evaluating a binary segmenter on large tiles into a run folder: what segmentation tasks share.
+"""Training and evaluating a segmenter on large tiles into a run folder: what segmentation tasks share.
 
 A task turns its data set into a :class:`TileTable` (one row per tile: name, split, image and mask paths,
-and a function that reads a pair). Training draws random crops (:class:`TileCropDataset`) and runs the
-shared :class:`~pipelines.training.Runner`; validation and the final evaluation score WHOLE tiles by
-sliding-window inference with Gaussian blending (:func:`score_tiles`), so the checkpoint is selected on
-exactly what is reported. Evaluation writes ``metrics.json``, ``tiles.csv`` and ``plots/overlays/<tile>.png``.
+and a function that reads a pair). Masks are binary (one target: a sigmoid channel, scored with relaxed
+precision/recall) or class indices (background and K-1 classes: softmax, scored through a pixel confusion
+matrix, per class and as means over the foreground classes). Training draws random crops
+(:class:`TileCropDataset`) and runs the shared :class:`~pipelines.training.Runner`; validation and the final
+evaluation score WHOLE tiles by sliding-window inference with Gaussian blending (:func:`score_tiles`), so the
+checkpoint is selected on exactly what is reported. Evaluation writes ``metrics.json``, ``tiles.csv`` and
+``plots/overlays/<tile>.png``.
 """
 
 from __future__ import annotations
@@ -28,9 +31,16 @@ from pipelines.backbones.weights import hub_download_errors
 from pipelines.core.device import Context
 from pipelines.core.errors import ConfigError, DataError
 from pipelines.core.io import write_csv, write_json
-from pipelines.engine.losses import DiceBCELoss
-from pipelines.engine.metrics import SEGMENTATION_COUNTS, bootstrap_ci, segmentation_counts, segmentation_scores
-from pipelines.engine.plots import save_png, segmentation_overlay
+from pipelines.engine.losses import DiceCELoss
+from pipelines.engine.metrics import (
+    SEGMENTATION_COUNTS,
+    bootstrap_ci,
+    class_confusion,
+    class_scores,
+    segmentation_counts,
+    segmentation_scores,
+)
+from pipelines.engine.plots import class_overlay, save_png, segmentation_overlay
 from pipelines.engine.sliding_window import sliding_window_predict
 from pipelines.models import ModelSpec, checkpoint_saver, load_model, segmenter_spec
 from pipelines.runs.folder import METRICS_FILE, TILES
@@ -52,8 +62,8 @@ TILE_COLUMNS = ["tile", "iou", "f1", "precision", "recall", "relaxed_precision",
 
 @dataclass
 class Tile:
-    """One decoded tile: ``image`` (H, W, 3) uint8 RGB, ``target`` (H, W) uint8 0/1, ``valid`` (H, W) bool
-    (False where pixels count nowhere, e.g. no-data areas)."""
+    """One decoded tile: ``image`` (H, W, 3) uint8 RGB, ``target`` (H, W) uint8 (0/1, or class indices),
+    ``valid`` (H, W) bool (False where pixels count nowhere, e.g. no-data areas or ignored labels)."""
 
     name: str
     image: np.ndarray
@@ -67,8 +77,10 @@ class TileTable:
 
     Attributes:
         read: ``read(image_path, mask_path) -> (image, target, valid)`` for one pair.
-        target: what the masks mark (the model's one class name: ``building``, ``ulcer``), in the model
-            spec and in what is printed.
+        target: what the masks mark (the model's one class name: ``building``, ``ulcer``; for class-index
+            masks the collective name, ``tissue``), in the model spec and in what is printed.
+        classes: class-index masks: every class's name in index order, background first (three or more);
+            empty for binary masks of ``target``.
         cache: keep decoded tiles in memory (about 9 MB per 1500 px tile); loaded in the main process before
             training, DataLoader workers share them.
     """
@@ -78,7 +90,13 @@ class TileTable:
     read: Callable[[Path, Path], tuple[np.ndarray, np.ndarray, np.ndarray]]
     target: str = "foreground"
     cache: bool = True
+    classes: tuple[str, ...] = ()
     _tiles: dict[int, Tile] = field(default_factory=dict, repr=False)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The model's output channels: the binary target alone, or every class (background first)."""
+        return tuple(self.classes) or (self.target,)
 
     def indices(self, split: str) -> list[int]:
         return [int(i) for i in np.flatnonzero(self.table["split"].to_numpy() == split)]
@@ -158,8 +176,9 @@ def _pad(tile: Tile, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 @torch.no_grad()
 def predict_tile(model: nn.Module, image: np.ndarray, tile: int, overlap: int, batch_size: int,
                  device: torch.device, amp: bool = True, channels_last: bool = False) -> np.ndarray:
-    """Target-class probabilities ``(H, W)`` float32 of a whole ``(H, W, 3)`` uint8 image, by sliding windows of
-    ``tile`` px blended with Gaussian weights (training's normalisation, no augmentation)."""
+    """Probabilities ``(K, H, W)`` float32 of a whole ``(H, W, 3)`` uint8 image (one channel: the target's sigmoid;
+    K: the classes' softmax), by sliding windows of ``tile`` px blended with Gaussian weights (training's
+    normalisation, no augmentation)."""
     model.eval()
     x = build_segmentation_transform("none")(image=image)["image"].to(device)
 
@@ -168,15 +187,16 @@ def predict_tile(model: nn.Module, image: np.ndarray, tile: int, overlap: int, b
             batch = batch.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp):
             logits = model(batch)
-        return torch.sigmoid(logits.float())
+        logits = logits.float()
+        return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, 1)
 
-    return sliding_window_predict(predict, x, tile, overlap, batch_size)[0].cpu().numpy()
+    return sliding_window_predict(predict, x, tile, overlap, batch_size).cpu().numpy()
 
 
 def score_tiles(model: nn.Module, tiles: Iterable[Tile], e: Mapping, device: torch.device, amp: bool = True,
                 channels_last: bool = False, loss_fn: nn.Module | None = None, desc: str = "score",
                 visit: Callable[[Tile, np.ndarray], None] | None = None, bootstrap: int = 0,
-                seed: int = 0) -> tuple[dict, pd.DataFrame]:
+                seed: int = 0, classes: tuple[str, ...] = ()) -> tuple[dict, pd.DataFrame]:
     """Predict every tile whole and score it against its mask.
 
     Args:
@@ -184,52 +204,102 @@ def score_tiles(model: nn.Module, tiles: Iterable[Tile], e: Mapping, device: tor
         loss_fn: when given, the loss of the blended probabilities, averaged over tiles, is ``loss``.
         visit: called with each tile and its prediction mask (overlays).
         bootstrap: resamples of the tiles (with replacement) for 95% intervals of ``iou`` and ``f1`` (``ci95``).
+        classes: class-index masks: every class name, background first (:attr:`TileTable.classes`); empty for
+            a binary target.
 
     Returns:
         Scores over all counted pixels of all tiles (micro averages; ``n_tiles``, ``loss``) and one row per
-        tile (``TILE_COLUMNS``).
+        tile (:func:`tile_columns`).
     """
-    total = dict.fromkeys(SEGMENTATION_COUNTS, 0)
-    rows, losses, per_tile = [], [], []
+    total, rows, losses, per_tile = None, [], [], []
     for tile in tqdm(tiles, desc=desc, leave=False):  # one tile in memory at a time unless they are cached
         prob = predict_tile(model, tile.image, e["tile"], e["overlap"], e["batch_size"], device, amp, channels_last)
-        pred = prob > e["threshold"]
-        counts = segmentation_counts(pred, tile.target, tile.valid, e["slack"])
-        for key, value in counts.items():
-            total[key] += value
-        per_tile.append([counts[k] for k in SEGMENTATION_COUNTS])
-        rows.append({"tile": tile.name, **segmentation_scores(counts)})
+        if classes:
+            pred = prob.argmax(0).astype(np.uint8)
+            counts = class_confusion(pred, tile.target, len(classes), tile.valid).ravel()
+        else:
+            pred = prob[0] > e["threshold"]
+            found = segmentation_counts(pred, tile.target, tile.valid, e["slack"])
+            counts = np.array([found[k] for k in SEGMENTATION_COUNTS], np.int64)
+        total = counts if total is None else total + counts
+        per_tile.append(counts)
+        rows.append(_tile_row(tile.name, _scores(counts, classes), classes))
         if loss_fn is not None:
-            logits = torch.logit(torch.from_numpy(prob).clamp(1e-6, 1 - 1e-6))[None, None]
+            prob = torch.from_numpy(prob).clamp(1e-6, 1 - 1e-6)[None]
+            logits = torch.logit(prob) if not classes else torch.log(prob)  # what sigmoid / softmax maps back
             target = torch.from_numpy(np.stack([tile.target, tile.valid]).astype(np.float32))[None]
             losses.append(float(loss_fn(logits, target)))
         if visit is not None:
             visit(tile, pred)
-    scores = segmentation_scores(total)
+    scores = _scores(total if total is not None else np.zeros(_n_counts(classes), np.int64), classes)
     scores["n_tiles"] = len(rows)
     if loss_fn is not None:
         scores["loss"] = float(np.mean(losses)) if losses else float("nan")
     if bootstrap and len(per_tile) > 1:
-        counts = np.asarray(per_tile, dtype=np.int64)
-        scores["ci95"] = {key: bootstrap_ci(counts, counts, functools.partial(_pooled, key=key), bootstrap, seed)
+        counts = np.stack(per_tile)
+        scores["ci95"] = {key: bootstrap_ci(counts, counts, functools.partial(_pooled, key=key, classes=classes),
+                                            bootstrap, seed)
                           for key in ("iou", "f1")}
-    return scores, pd.DataFrame(rows, columns=TILE_COLUMNS)
+    return scores, pd.DataFrame(rows, columns=tile_columns(classes))
 
 
-def _pooled(counts: np.ndarray, _: np.ndarray, key: str) -> float:
-    value = segmentation_scores(dict(zip(SEGMENTATION_COUNTS, counts.sum(0).tolist(), strict=True)))[key]
+def tile_columns(classes: tuple[str, ...] = ()) -> list[str]:
+    """The columns of ``tiles.csv``: :data:`TILE_COLUMNS` for a binary target; for class-index masks the
+    foreground means, the mean IoU, pixel accuracy and each class's IoU (``iou_<class>``)."""
+    if not classes:
+        return TILE_COLUMNS
+    return ["tile", "iou", "f1", "mean_iou", "pixel_accuracy", *(f"iou_{c}" for c in classes), "positive_fraction",
+            "pixels"]
+
+
+def _n_counts(classes: tuple[str, ...]) -> int:
+    return len(classes) ** 2 if classes else len(SEGMENTATION_COUNTS)
+
+
+def _scores(counts: np.ndarray, classes: tuple[str, ...]) -> dict:
+    """Scores of summed counts: a flattened confusion matrix for classes, the binary counts otherwise."""
+    if classes:
+        return class_scores(counts.reshape(len(classes), len(classes)), classes)
+    return segmentation_scores(dict(zip(SEGMENTATION_COUNTS, counts.tolist(), strict=True)))
+
+
+def _tile_row(name: str, scores: Mapping, classes: tuple[str, ...]) -> dict:
+    if not classes:
+        return {"tile": name, **scores}
+    per_class = scores["per_class"]
+    return {"tile": name, **{k: scores[k] for k in ("iou", "f1", "mean_iou", "pixel_accuracy", "positive_fraction",
+                                                      "pixels")},
+            **{f"iou_{c}": (per_class[c] or {}).get("iou") for c in classes}}
+
+
+def _pooled(counts: np.ndarray, _: np.ndarray, key: str, classes: tuple[str, ...]) -> float:
+    value = _scores(counts.sum(0), classes)[key]
     return float("nan") if value is None else value
 
 
 def chance_scores(scores: Mapping) -> dict:
     """What predicting every counted pixel as background (``all_background``), or every one as the target
-    (``all_target``), would score on the same pixels: the floor a trained model must clear (relaxed scores
+    (``all_target``; for class-index masks the commonest class, ``majority_class``, when that is not the
+    background), would score on the same pixels: the floor a trained model must clear (relaxed scores
     depend on geometry and are left out)."""
     n, fraction = scores["pixels"], scores["positive_fraction"]
     if not n:
         return {}
-    true = round(n * fraction)
     keys = ("iou", "f1", "precision", "recall", "mean_iou", "pixel_accuracy")
+    if "per_class" in scores:  # class-index masks: each guess is one column of the confusion matrix
+        names = tuple(scores["per_class"])
+        true = np.array([scores["per_class"][c]["pixels"] for c in names], np.int64)
+        out = {}
+        guesses = {"all_background": 0, "majority_class": int(true.argmax())}
+        for label, column in guesses.items():
+            if label == "majority_class" and column == 0:
+                continue  # background is the commonest class: the same guess
+            confusion = np.zeros((len(names), len(names)), np.int64)
+            confusion[:, column] = true
+            m = class_scores(confusion, names)
+            out[label] = {k: m[k] for k in keys}
+        return out
+    true = round(n * fraction)
     out = {}
     for name, counts in (("all_background", (0, 0, true, n - true)), ("all_target", (true, n - true, 0, 0))):
         m = segmentation_scores({**dict(zip(("tp", "fp", "fn", "tn"), counts, strict=True)),
@@ -264,20 +334,21 @@ def check_segmenter_config(cfg: Mapping) -> None:
     check_recipe(cfg)
 
 
-def _spec(cfg: Mapping, target: str) -> ModelSpec:
+def _spec(cfg: Mapping, names: tuple[str, ...]) -> ModelSpec:
     m, e = cfg["model"], cfg["eval"]
-    return segmenter_spec(m["encoder"], (target,), int(e["tile"]), float(e["threshold"]),
+    return segmenter_spec(m["encoder"], names, int(e["tile"]), float(e["threshold"]),
                           cfg.get("run", {}).get("task", ""), deep_supervision=bool(m["deep_supervision"]),
                           mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
 
-def _build_model(cfg: Mapping) -> tuple[nn.Module, tuple[str, ...]]:
-    """U-Net++ for ``cfg`` with the fine-tuning recipe applied, and the prefixes that learn at the full rate."""
+def _build_model(cfg: Mapping, channels: int) -> tuple[nn.Module, tuple[str, ...]]:
+    """U-Net++ for ``cfg`` with ``channels`` outputs and the fine-tuning recipe applied, and the prefixes that
+    learn at the full rate."""
     m = cfg["model"]
     with hub_download_errors(m["encoder"], bool(m["pretrained_hub"]), "model.encoder_weights"):
-        model = create_segmenter(m["encoder"], classes=1, in_channels=3, deep_supervision=bool(m["deep_supervision"]),
-                                 encoder_weights=m["encoder_weights"], pretrained_hub=bool(m["pretrained_hub"]),
-                                 pretrained=bool(m.get("pretrained")))
+        model = create_segmenter(m["encoder"], classes=channels, in_channels=3,
+                                 deep_supervision=bool(m["deep_supervision"]), encoder_weights=m["encoder_weights"],
+                                 pretrained_hub=bool(m["pretrained_hub"]), pretrained=bool(m.get("pretrained")))
     return model, prepare_finetune(model, cfg, model.DECODER)
 
 
@@ -294,7 +365,7 @@ def train_segmenter(data: TileTable, cfg: Mapping, run_dir: Path, ctx: Context) 
             raise DataError(f"the {split} split has no tiles; add tiles to it under {data.root}")
     data.preload()
     seed_everything(int(cfg["seed"]))
-    loss = DiceBCELoss(t["bce_weight"], t["dice_weight"])
+    loss = DiceCELoss(t["bce_weight"], t["dice_weight"])
     train_set = TileCropDataset(data, data.indices("train"), d["crop"], d["crops_per_tile"],
                                 build_segmentation_transform(t["augment"]))
     val_tiles = list(data.tiles("val")) if data.cache else None
@@ -302,15 +373,16 @@ def train_segmenter(data: TileTable, cfg: Mapping, run_dir: Path, ctx: Context) 
 
     def validate(model: nn.Module) -> dict:
         tiles = val_tiles if val_tiles is not None else data.tiles("val")
-        scores, _ = score_tiles(model, tiles, e, loss_fn=loss, desc="validate", **settings)
-        return {k: v for k, v in scores.items() if k not in ("n_tiles", "pixels", "positive_fraction")}
+        scores, _ = score_tiles(model, tiles, e, loss_fn=loss, desc="validate", classes=data.classes, **settings)
+        return {k: v for k, v in scores.items()
+                if k not in ("n_tiles", "pixels", "positive_fraction", "per_class")}  # history.csv: one row of numbers
 
     log.info("train %d tiles (%d crops of %d px per epoch) / val %d / test %d tiles; %s U-Net++%s",
              len(data.indices("train")), len(train_set), d["crop"], len(data.indices("val")),
              len(data.indices("test")), cfg["model"]["encoder"],
              " with deep supervision" if cfg["model"]["deep_supervision"] else "")
-    spec = _spec(cfg, data.target)
-    model, fresh = _build_model(cfg)
+    spec = _spec(cfg, data.names)
+    model, fresh = _build_model(cfg, 1 if not data.classes else len(data.classes))
     kind = ImageKind(model, loss, train_set, t["batch_size"], d["workers"], int(cfg["seed"]), ctx,
                      validate, target="mask", channels_last=bool(t["channels_last"]), fresh=fresh)
     return Runner(kind, Settings.from_train(t), run_dir, ctx, save=checkpoint_saver(spec), cfg=cfg).fit()
@@ -327,14 +399,18 @@ def evaluate_segmenter(data: TileTable, cfg: Mapping, run_dir: Path, ctx: Contex
     model = model.to(ctx.device)
     if settings["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
-    loss = DiceBCELoss(cfg["train"]["bce_weight"], cfg["train"]["dice_weight"])
+    loss = DiceCELoss(cfg["train"]["bce_weight"], cfg["train"]["dice_weight"])
     overlays = run_dir / "plots" / "overlays"
     written = []
 
     def overlay(tile: Tile, pred: np.ndarray) -> None:
         if len(written) < e["overlays"]:
             name = tile.name.replace("/", "__")  # images from nested folders keep one overlays/ folder
-            save_png(segmentation_overlay(tile.image, pred, tile.target, tile.valid), overlays / f"{name}.png")
+            if data.classes:
+                picture = class_overlay(tile.image, pred, tile.target, tile.valid, cfg["data"].get("palette"))
+            else:
+                picture = segmentation_overlay(tile.image, pred, tile.target, tile.valid)
+            save_png(picture, overlays / f"{name}.png")
             written.append(tile.name)
 
     report: dict = {}
@@ -342,6 +418,7 @@ def evaluate_segmenter(data: TileTable, cfg: Mapping, run_dir: Path, ctx: Contex
         scores, rows = score_tiles(model, data.tiles(split), e, loss_fn=loss, desc=f"evaluate {split}",
                                    visit=overlay if split == "test" else None,
                                    bootstrap=e["bootstrap"] if split == "test" else 0, seed=int(cfg["seed"]),
+                                   classes=data.classes,
                                    **settings)
         scores["chance"] = chance_scores(scores)
         report[split] = {"target": data.target, **scores}
@@ -358,6 +435,11 @@ def summary_lines(split: str, m: Mapping) -> list[str]:
     """What ``pipelines run`` prints for a segmentation split of metrics.json."""
     ci = m.get("ci95", {}).get("iou")
     iou_ci = " [{:.3f}, {:.3f}]".format(*ci) if ci else ""
+    if "per_class" in m:  # class-index masks
+        classes = ", ".join(f"{name} {c['iou']:.3f}" for name, c in m["per_class"].items() if c)
+        return [f"{split}: {m.get('target', 'target')} IoU {m['iou']:.3f}{iou_ci} and Dice {m['f1']:.3f} (means over "
+                f"the foreground classes), mean IoU {m['mean_iou']:.3f} (background included), pixel accuracy "
+                f"{m['pixel_accuracy']:.3f} ({m['n_tiles']} tiles); IoU per class: {classes}"]
     return [f"{split}: {m.get('target', 'target')} IoU {m['iou']:.3f}{iou_ci}, F1 (Dice) {m['f1']:.3f}, "
             f"precision {m['precision']:.3f}, "
             f"recall {m['recall']:.3f}, relaxed P/R {m['relaxed_precision']:.3f}/{m['relaxed_recall']:.3f}, "

@@ -1,4 +1,8 @@
-"""Your own images with binary masks: U-Net++ on a pretrained encoder, whole-image sliding-window evaluation.
+"""Your own images with masks: U-Net++ on a pretrained encoder, whole-image sliding-window evaluation.
+
+Masks are binary (0/255 or 0/1: one target, ``data.target``) or class indices (``data.classes`` names them,
+background first; the pixel values are the indices, or with ``data.palette`` each class has a colour).
+Two classes train the binary model of the second one.
 
 Wiring only: the folder reader comes from :mod:`pipelines.datasets.folders`, training (random crops) and
 evaluation (whole images, Gaussian-blended windows; Dice, IoU, overlays) from
@@ -7,6 +11,7 @@ evaluation (whole images, Gaussian-blended windows; Dice, IoU, overlays) from
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -17,8 +22,8 @@ import pandas as pd
 
 from pipelines.config import check_declared, load_defaults
 from pipelines.core.device import Context
-from pipelines.core.errors import DataError
-from pipelines.core.images import image_size, read_binary_mask, read_image
+from pipelines.core.errors import ConfigError, DataError
+from pipelines.core.images import image_size, read_binary_mask, read_class_mask, read_image
 from pipelines.datasets.folders import check_groups_option, group_rows, read_pair_folders, split_rows
 from pipelines.datasets.folders_demo import write_demo_pairs
 from pipelines.engine.classification import selected_epoch
@@ -29,7 +34,7 @@ from pipelines.runs.folder import SPLIT, read_split, write_split
 
 log = logging.getLogger(__name__)
 
-DESCRIPTION = "your own images with binary masks: U-Net++ on a pretrained encoder, whole-image Dice and IoU"
+DESCRIPTION = "your own images with binary or class masks: U-Net++ on a pretrained encoder, whole-image Dice and IoU"
 SPLIT_COLUMNS = ["tile", "split", "path", "mask", "group", "fixed", "width", "height"]
 
 # What `--demo` changes: small crops and a short schedule on the synthetic wound photos, for a CPU.
@@ -55,7 +60,7 @@ SMOKE_OVERRIDES = {
     "eval.overlays": 1,
 }
 
-HEADLINE = ("f1", "iou", "mean_iou")  # the target's pooled Dice (= F1) and IoU, then the mean IoU of both classes
+HEADLINE = ("f1", "iou", "mean_iou")  # pooled Dice (= F1) and IoU of the target (classes: their means), mean IoU
 PREDICTIONS = TILES  # per-image scores; the masks themselves are plots/overlays/
 
 DEFAULTS = Path(__file__).with_name("segment.yaml")  # choices and ranges are declared beside each key
@@ -69,6 +74,41 @@ def validate(cfg: Mapping) -> None:
     check_declared(cfg, DEFAULTS)
     check_segmenter_config(cfg)
     check_groups_option(cfg["data"])
+    mask_classes(cfg["data"])
+
+
+def mask_classes(d: Mapping) -> tuple[str, ...]:
+    """The masks' class names, background first (from ``data.classes``, or named after ``data.palette``); ``()``
+    for binary 0/255 masks. Bad lists are one-line ConfigErrors."""
+    classes, palette, ignore = d.get("classes"), d.get("palette"), d.get("ignore_value")
+    if palette is not None:
+        if not isinstance(palette, list) or len(palette) < 2 or not all(
+                isinstance(c, list) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c)
+                for c in palette):
+            raise ConfigError(f"bad value for 'data.palette': {palette}; give one [R, G, B] (0-255) per class, "
+                              "background first, e.g. [[0, 0, 0], [255, 0, 0], [255, 255, 0]]")
+        if len({tuple(c) for c in palette}) < len(palette):
+            raise ConfigError(f"bad value for 'data.palette': {palette}; two classes share a colour")
+        if ignore is not None:
+            raise ConfigError("data.ignore_value is for class-index masks; with data.palette every colour is a class")
+    if classes is None:
+        if palette is None:
+            if ignore is not None:
+                raise ConfigError("data.ignore_value needs data.classes (class-index masks); binary masks hold "
+                                  "only 0/255 or 0/1")
+            return ()
+        classes = ["background", *(f"class_{k}" for k in range(1, len(palette)))]
+    if (not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) and c for c in classes)
+            or len(set(classes)) < len(classes)):
+        raise ConfigError(f"bad value for 'data.classes': {classes}; give two or more distinct names in the "
+                          "masks' index order, background first, e.g. [background, granulation, slough]")
+    if palette is not None and len(palette) != len(classes):
+        raise ConfigError(f"data.palette has {len(palette)} colours but data.classes {len(classes)} names; give "
+                          "one colour per class, in the same order")
+    if ignore is not None and not (len(classes) <= ignore <= 255):
+        raise ConfigError(f"bad value for 'data.ignore_value': {ignore}; give a mask value that is not a class "
+                          f"index ({len(classes)} to 255, e.g. 255)")
+    return tuple(classes)
 
 
 def prepare_demo(data_dir: Path, small: bool = False) -> Path:
@@ -78,16 +118,34 @@ def prepare_demo(data_dir: Path, small: bool = False) -> Path:
     return write_demo_pairs(Path(data_dir) / "segment")
 
 
-def read_pair(image_path: Path, mask_path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One photo ``(H, W, 3)`` uint8, its mask ``(H, W)`` 0/1 and ``valid`` (every pixel counts)."""
-    image, target = read_image(image_path), read_binary_mask(mask_path)
+def read_mask(mask_path: Path, d: Mapping | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A mask as ``(target, valid)``: 0/1 for binary masks, class indices when ``data.classes`` (or
+    ``data.palette``) is set; ``valid`` is False only on ``data.ignore_value`` pixels."""
+    classes = mask_classes(d) if d is not None else ()
+    if not classes:
+        try:
+            target = read_binary_mask(mask_path)
+        except DataError as exc:
+            if "values other than" not in str(exc):
+                raise
+            raise DataError(f"{exc}; if its values are class indices, name the classes: --set "
+                            "data.classes=[background,NAME,...]") from None
+        return target, np.ones(target.shape, bool)
+    return read_class_mask(mask_path, len(classes), d.get("palette"), d.get("ignore_value"))
+
+
+def read_pair(image_path: Path, mask_path: Path, d: Mapping | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One photo ``(H, W, 3)`` uint8, its mask ``(H, W)`` (:func:`read_mask` for the ``data`` settings ``d``;
+    None: binary) and ``valid``."""
+    image, (target, valid) = read_image(image_path), read_mask(mask_path, d)
     if target.shape != image.shape[:2]:
         raise DataError(f"mask {mask_path} is {target.shape[1]}x{target.shape[0]} but its image {image_path} is "
                         f"{image.shape[1]}x{image.shape[0]}; a mask must have its image's size")
-    return image, target, np.ones(target.shape, bool)
+    return image, target, valid
 
 
-def _check_pairs(root: Path, frame: pd.DataFrame, verify: bool) -> pd.DataFrame:
+def _check_pairs(root: Path, frame: pd.DataFrame, verify: bool, d: Mapping) -> pd.DataFrame:
     """Sizes from the headers (a mask of another size is refused) and, with ``verify``, every mask's values."""
     sizes = [(image_size(root / p), image_size(root / m)) for p, m in zip(frame["path"], frame["mask"], strict=True)]
     for (size, mask_size), path, mask in zip(sizes, frame["path"], frame["mask"], strict=True):
@@ -96,7 +154,7 @@ def _check_pairs(root: Path, frame: pd.DataFrame, verify: bool) -> pd.DataFrame:
                             f"{size[0]}x{size[1]}; a mask must have its image's size")
     if verify:
         with ThreadPoolExecutor(4) as pool:
-            list(pool.map(read_binary_mask, [root / m for m in frame["mask"]]))
+            list(pool.map(functools.partial(read_mask, d=d), [root / m for m in frame["mask"]]))
     return frame.assign(width=[s[0][0] for s in sizes], height=[s[0][1] for s in sizes])
 
 
@@ -104,7 +162,7 @@ def build_split(cfg: Mapping) -> pd.DataFrame:
     """Scan ``data.root``, check every pair, group and split; columns ``SPLIT_COLUMNS``."""
     d = cfg["data"]
     root = Path(d["root"]).expanduser()
-    frame = _check_pairs(root, read_pair_folders(root, d["images_dir"], d["masks_dir"]), bool(d["verify_masks"]))
+    frame = _check_pairs(root, read_pair_folders(root, d["images_dir"], d["masks_dir"]), bool(d["verify_masks"]), d)
     frame["group"] = group_rows(d, root, frame["path"])
     one_class = pd.Series("all", index=frame.index)  # no classes to stratify by
     frame["split"] = split_rows(frame["path"], one_class, frame["group"], frame["fixed"], d["val_fraction"],
@@ -120,8 +178,10 @@ def load_data(cfg: Mapping, run_dir: Path | None = None) -> TileTable:
     saved = table is not None
     if not saved:
         table = build_split(cfg)
-    data = TileTable(table, Path(d["root"]).expanduser(), read_pair, target=str(d["target"]),
-                     cache=bool(d["cache_tiles"]))
+    classes = mask_classes(d)
+    target = classes[1] if len(classes) == 2 else str(d["target"])  # two classes: the binary model of the second
+    data = TileTable(table, Path(d["root"]).expanduser(), functools.partial(read_pair, d=dict(d)), target=target,
+                     cache=bool(d["cache_tiles"]), classes=classes if len(classes) > 2 else ())
     if saved:
         data.check_files()  # the data may have moved since the split was written
     return data
@@ -161,11 +221,14 @@ def card_facts(cfg: Mapping, run_dir: Path) -> dict:
     counts = ""
     if table is not None:
         counts = " (" + ", ".join(f"{s} {n} images" for s, n in table.groupby("split").size().items()) + ")"
+    classes = mask_classes(cfg["data"])
+    what = f"{cfg['data']['target']} ({', '.join(classes[1:])})" if len(classes) > 2 else (
+        classes[1] if classes else cfg["data"]["target"])
     return {
         "colour": "rgb",
-        "training_data": f"the user's {cfg['data']['target']} masks under {cfg['data']['root']}{counts}; "
+        "training_data": f"the user's {what} masks under {cfg['data']['root']}{counts}; "
                          f"U-Net++ on {cfg['model']['encoder']}",
-        "intended_use": f"Research and drafts of {cfg['data']['target']} outlines on images like the training "
+        "intended_use": f"Research and drafts of {what} outlines on images like the training "
                         "folders, checked by a person before any use; not for diagnosis.",
         "limitations": [
             "Trained and tested on one collection of images: other sources, devices or lighting shift them, and the "
