@@ -2,6 +2,7 @@
 
     python benchmarks/real_data.py --shared ../shared --out runs/real_data            # everything
     python benchmarks/real_data.py --only breastmnist,breakhis                        # a subset
+    python benchmarks/real_data.py --only fuseg --starts pretrained                   # one start (others kept)
 
 Each experiment runs the pipelines as a user would (``pipelines run TASK``, in this process, one after the
 other), selects its checkpoint on validation and touches its test data once. Experiments:
@@ -64,11 +65,16 @@ def _ci(m: dict, key: str) -> list[float] | None:
     return (m.get("ci95") or {}).get(key)
 
 
+def starts(args) -> list[tuple[str, dict]]:
+    """The starts ``--starts`` asks for (scratch, pretrained), each with its settings."""
+    return [(s, STARTS[s]) for s in args.starts.split(",")]
+
+
 def _compare(task: str, root: Path, out: Path, prefix: str, recipe: dict, experiment: str, metric: str,
-             keys: tuple[str, ...], n_key: str = "n") -> list[dict]:
+             keys: tuple[str, ...], args, n_key: str = "n") -> list[dict]:
     """One run per start (scratch, pretrained) of ``task`` with ``recipe``: a result row each, ``keys`` of test."""
     rows = []
-    for start, flag in STARTS.items():
+    for start, flag in starts(args):
         m, seconds, _ = run(task, root, out, f"{prefix}_{start}", {**recipe, **flag})
         t = m["test"]
         rows.append({"experiment": experiment, "start": start, "metric": metric, "values": {k: t[k] for k in keys},
@@ -80,7 +86,7 @@ def breastmnist(shared: Path, out: Path, args) -> list[dict]:
     recipe = {"model.backbone": "efficientnet_lite0", "data.image_size": args.breast_size,
               "data.dataset": "breastmnist"}
     return _compare("medmnist", shared / "medmnist", out, "breastmnist", recipe, "BreastMNIST (official split)",
-                    "test ACC / AUC", ("acc", "auc"))
+                    "test ACC / AUC", ("acc", "auc"), args)
 
 
 def _fold_layout(images: Path, masks: Path, folds: int, out: Path, max_distance: int, seed: int) -> list[Path]:
@@ -132,7 +138,7 @@ def fuseg(shared: Path, out: Path, args) -> list[dict]:
     roots = _fold_layout(base / "train" / "images", base / "train" / "labels", args.folds, out, 64, seed=0)
     recipe = {"data.target": "wound", "train.epochs": args.seg_epochs, "data.crops_per_tile": args.seg_crops}
     rows = []
-    for start, flag in STARTS.items():
+    for start, flag in starts(args):
         dice, external, seconds = [], [], 0.0
         for k, root in enumerate(roots):
             m, s, run_dir = run("segment", root, out, f"fuseg_{start}_fold{k}", {**recipe, **flag})
@@ -160,7 +166,7 @@ def _t95(n: int) -> float:
 def roads(shared: Path, out: Path, args) -> list[dict]:
     recipe = {"model.encoder": "tu-tf_efficientnet_lite0", "data.format": "png", "train.epochs": args.road_epochs}
     return _compare("buildings", shared / "massachusetts_roads", out, "roads", recipe,
-                    "Massachusetts roads (8 tiles: 5 / 1 / 2)", "test IoU", ("iou", "f1"), n_key="n_tiles")
+                    "Massachusetts roads (8 tiles: 5 / 1 / 2)", "test IoU", ("iou", "f1"), args, n_key="n_tiles")
 
 
 def breakhis(shared: Path, out: Path, args) -> list[dict]:
@@ -173,7 +179,7 @@ def breakhis(shared: Path, out: Path, args) -> list[dict]:
     recipe = {"data.groups": str(groups), "data.image_size": 96, "train.epochs": 5, "eval.bootstrap": 200,
               "data.val_fraction": 0.3, "data.test_fraction": 0.3}
     return _compare("classify", root, out, "breakhis", recipe,
-                    "BreakHis sample through classify (10 images, 8 patients)", "test accuracy", ("accuracy",))
+                    "BreakHis sample through classify (10 images, 8 patients)", "test accuracy", ("accuracy",), args)
 
 
 def _fmt(row: dict) -> str:
@@ -197,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shared", type=Path, default=Path(os.environ.get("PIPELINES_SHARED", "../shared")))
     parser.add_argument("--out", type=Path, default=Path("runs/real_data"))
     parser.add_argument("--only", default=",".join(EXPERIMENTS), help="comma-separated subset of EXPERIMENTS")
-    parser.add_argument("--breast-size", type=int, default=64, help="network input of BreastMNIST's 28 px images")
+    parser.add_argument("--starts", default=",".join(STARTS), help="comma-separated subset of scratch,pretrained")
+    parser.add_argument("--breast-size", type=int, default=96, help="network input of BreastMNIST's 28 px images")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seg-epochs", type=int, default=40, help="segment epochs per FUSeg fold")
     parser.add_argument("--seg-crops", type=int, default=4, help="random crops per photo and epoch")
@@ -208,11 +215,14 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(chosen) - set(EXPERIMENTS))
     if unknown:
         parser.error(f"unknown experiment(s) {unknown}; choose from {', '.join(EXPERIMENTS)}")
+    wanted = set(args.starts.split(","))
+    if not wanted <= set(STARTS):
+        parser.error(f"unknown start(s) {sorted(wanted - set(STARTS))}; choose from {', '.join(STARTS)}")
     args.out.mkdir(parents=True, exist_ok=True)
     results_file = args.out / "real_data.json"
     rows = json.loads(results_file.read_text())["rows"] if results_file.is_file() else []
     for name in chosen:
-        rows = [r for r in rows if r.get("source") != name]
+        rows = [r for r in rows if not (r.get("source") == name and r["start"] in wanted)]  # others are kept
         started = time.perf_counter()
         new = globals()[name](data, args.out, args)
         for r in new:

@@ -95,3 +95,21 @@ def test_unetplusplus_takes_the_packaged_weights_as_its_encoder():
     with pytest.raises(ConfigError, match="tu-tf_efficientnet_lite0, tu-tf_efficientnet_lite1, "
                                           "tu-tf_efficientnet_lite2, not efficientnet-b4"):
         create_segmenter("efficientnet-b4", pretrained=True)
+
+
+def test_each_dfu_ensemble_member_starts_from_its_own_packaged_weights():
+    from safetensors.torch import load_file
+
+    from pipelines.config import apply_overrides
+    from pipelines.engine.classification import finetune_model
+    from pipelines.engine.ensemble import member_config
+    from pipelines.tasks import get_task
+
+    cfg = apply_overrides(get_task("dfu").defaults(), ["model.backbones=[efficientnet_lite0, efficientnet_lite1]",
+                                                       "model.pretrained=true"])
+    get_task("dfu").validate(cfg)
+    for backbone in ("efficientnet_lite0", "efficientnet_lite1"):
+        model, fresh = finetune_model(member_config(cfg, backbone), num_classes=4)
+        stem = load_file(str(packaged_weights(backbone)))["conv_stem.weight"]
+        assert torch.equal(model.conv_stem.weight, stem)  # lite0's stem has 32 filters, lite1's too: values differ
+        assert fresh and not model.classifier.weight.any()  # the 4-class head is new (zero) and learns at train.lr
