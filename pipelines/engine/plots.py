@@ -124,12 +124,17 @@ def segmentation_overlay(image: np.ndarray, pred: np.ndarray, target: np.ndarray
     Returns:
         ``(h, w, 3)`` uint8 RGB.
     """
-    import cv2
-
     pred, target = pred.astype(bool), target.astype(bool)
     out = image[..., :3].astype(np.float32)
     for name, where in (("tp", pred & target), ("fp", pred & ~target), ("fn", ~pred & target)):
         out[where] = (1 - alpha) * out[where] + alpha * np.array(OVERLAY_COLOURS[name], np.float32)
+    return _finish_panel(out, valid, max_side)
+
+
+def _finish_panel(out: np.ndarray, valid: np.ndarray | None, max_side: int) -> np.ndarray:
+    """A blended float panel greyed where ``valid`` is False, shrunk to ``max_side`` at most, as uint8."""
+    import cv2
+
     if valid is not None:
         out[~valid.astype(bool)] = 128
     h, w = out.shape[:2]
@@ -148,8 +153,6 @@ def class_overlay(image: np.ndarray, pred: np.ndarray, target: np.ndarray, valid
     Returns:
         ``(h, 2 w + 4, 3)`` uint8 RGB.
     """
-    import cv2
-
     if palette is None:  # uint8 labels: 255 classes at most, the ten colours in turn
         palette = [(0, 0, 0), *(CLASS_COLOURS[k % len(CLASS_COLOURS)] for k in range(255))]
     colours = np.asarray(palette, np.float32)
@@ -159,13 +162,7 @@ def class_overlay(image: np.ndarray, pred: np.ndarray, target: np.ndarray, valid
         for k in range(1, int(max(labels.max(initial=0), 0)) + 1):
             where = labels == k
             out[where] = (1 - alpha) * out[where] + alpha * colours[min(k, len(colours) - 1)]
-        if valid is not None:
-            out[~valid.astype(bool)] = 128
-        h, w = out.shape[:2]
-        scale = max_side / max(h, w)
-        if scale < 1:
-            out = cv2.resize(out, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-        panels.append(out.clip(0, 255).astype(np.uint8))
+        panels.append(_finish_panel(out, valid, max_side))
     gap = np.full((panels[0].shape[0], 4, 3), 255, np.uint8)
     return np.concatenate([panels[0], gap, panels[1]], axis=1)
 
