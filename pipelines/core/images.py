@@ -91,10 +91,10 @@ def read_image(path: str | Path, mode: str = "RGB") -> np.ndarray:
         return np.asarray(image.convert(mode))
 
 
-def read_binary_mask(path: str | Path, what: str = "mask") -> np.ndarray:
+def read_binary_mask(path: str | Path, what: str = "mask", hint: str = "") -> np.ndarray:
     """A binary mask file as ``(H, W)`` uint8 0/1: 0/255 or 0/1 values, in grey, in RGB (marked where any
-    channel is), or as a palette PNG's indices. Other values are a one-line DataError: a soft or JPEG mask would
-    train on a guessed threshold."""
+    channel is), or as a palette PNG's indices. Other values are a one-line DataError (``hint`` appended: the
+    caller's other way out): a soft or JPEG mask would train on a guessed threshold."""
     path = Path(path)
     with open_image(path, f"{what} {path}") as image:
         values = np.asarray(image if image.mode == "P" else image.convert("L") if image.mode == "1" else image)
@@ -107,7 +107,7 @@ def read_binary_mask(path: str | Path, what: str = "mask") -> np.ndarray:
         return values.astype(np.uint8)
     odd = sorted(found - {0, 1, 255}) or sorted(found)
     raise DataError(f"{what} {path} has values other than 0/255 or 0/1 (e.g. {', '.join(map(str, odd[:3]))}); "
-                    "target pixels must be 255 (or 1) and the rest 0: re-export it as PNG (JPEG adds noise)")
+                    "target pixels must be 255 (or 1) and the rest 0: re-export it as PNG (JPEG adds noise)" + hint)
 
 
 def read_class_mask(path: str | Path, n_classes: int, palette: Sequence[Sequence[int]] | None = None,

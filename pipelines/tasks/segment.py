@@ -123,13 +123,8 @@ def read_mask(mask_path: Path, d: Mapping | None = None) -> tuple[np.ndarray, np
     ``data.palette``) is set; ``valid`` is False only on ``data.ignore_value`` pixels."""
     classes = mask_classes(d) if d is not None else ()
     if not classes:
-        try:
-            target = read_binary_mask(mask_path)
-        except DataError as exc:
-            if "values other than" not in str(exc):
-                raise
-            raise DataError(f"{exc}; if its values are class indices, name the classes: --set "
-                            "data.classes=[background,NAME,...]") from None
+        target = read_binary_mask(mask_path, hint="; if its values are class indices, name the classes: --set "
+                                                  "data.classes=[background,NAME,...]")
         return target, np.ones(target.shape, bool)
     return read_class_mask(mask_path, len(classes), d.get("palette"), d.get("ignore_value"))
 
