@@ -114,8 +114,9 @@ def _fold_layout(images: Path, masks: Path, folds: int, out: Path, max_distance:
     return roots
 
 
-def _external(run_dir: Path, root: Path) -> dict:
-    """The run's best model on every image/mask pair under ``root``: pooled scores with 95% intervals."""
+def _external(run_dir: Path, root: Path, masks_dir: str = "labels", threshold: float | None = None) -> dict:
+    """The run's best model on every image/mask pair under ``root``, at ``threshold`` (None: the one saved with
+    the model): pooled scores with 95% intervals."""
     import torch
 
     from pipelines.datasets.folders import read_pair_folders
@@ -125,11 +126,12 @@ def _external(run_dir: Path, root: Path) -> dict:
     from pipelines.tasks.segment import read_pair
 
     cfg = read_config(run_dir)
-    table = read_pair_folders(root, masks_dir="labels").assign(split="test")
+    table = read_pair_folders(root, masks_dir=masks_dir).assign(split="test")
     data = TileTable(table, root, read_pair, target="wound")
-    model = load_model(run_dir).model
-    scores, _ = score_tiles(model, data.tiles("test"), cfg["eval"], torch.device("cpu"), amp=False,
-                            bootstrap=1000, seed=0)
+    loaded = load_model(run_dir)
+    e = {**cfg["eval"], "threshold": loaded.spec.input.threshold if threshold is None else threshold}
+    scores, _ = score_tiles(loaded.model, data.tiles("test"), e, torch.device("cpu"), amp=False, bootstrap=1000,
+                            seed=0)
     return scores
 
 
@@ -139,10 +141,13 @@ def fuseg(shared: Path, out: Path, args) -> list[dict]:
     recipe = {"data.target": "wound", "train.epochs": args.seg_epochs, "data.crops_per_tile": args.seg_crops}
     rows = []
     for start, flag in starts(args):
-        dice, external, seconds = [], [], 0.0
+        dice, at_half, thresholds, external, seconds = [], [], [], [], 0.0
         for k, root in enumerate(roots):
             m, s, run_dir = run("segment", root, out, f"fuseg_{start}_fold{k}", {**recipe, **flag})
             dice.append(m["test"]["f1"])
+            thresholds.append(m["info"]["threshold"])
+            # what the validation-chosen cut changed: the same fold's test photos at 0.5 (an ablation, reported)
+            at_half.append(_external(run_dir, root / "test", "masks", 0.5)["f1"])
             external.append(_external(run_dir, base / "medetec_test")["f1"])
             seconds += s
         mean = statistics.fmean(dice)
@@ -150,7 +155,8 @@ def fuseg(shared: Path, out: Path, args) -> list[dict]:
         interval = [max(0.0, mean - half), min(1.0, mean + half)]
         rows.append({"experiment": f"FUSeg wound segmentation ({args.folds}-fold CV, 50 photos)", "start": start,
                      "metric": "test Dice, mean of folds", "values": {"dice": mean}, "ci95": {"dice": interval},
-                     "folds": dice, "n": 50, "seconds": seconds, "recipe": recipe})
+                     "folds": dice, "thresholds": thresholds, "folds_at_0.5": at_half, "n": 50, "seconds": seconds,
+                     "recipe": recipe})
         ext = statistics.fmean(external)
         rows.append({"experiment": "Medetec external test (8 images, each fold's model)", "start": start,
                      "metric": "Dice, mean of the fold models", "values": {"dice": ext},

@@ -11,6 +11,8 @@ from PIL import Image
 from pipelines.core.errors import DataError
 from pipelines.datasets.folders import read_class_folders, read_groups, read_pair_folders, split_rows
 from pipelines.datasets.folders_demo import write_demo_classes
+from pipelines.engine.segmentation import THRESHOLDS
+from pipelines.models import read_spec
 from pipelines.tasks import get_task
 from tests.test_cli import assert_one_line_error, run_cli
 from tests.test_task_contract import _sets
@@ -182,6 +184,29 @@ def test_segment_learns_its_demo_beyond_chance(tmp_path, capsys):
     assert test["target"] == "wound" and test["f1"] > 0.6
     assert test["iou"] > test["chance"]["all_target"]["iou"] + 0.2
     assert len(list((run / "plots" / "overlays").glob("*.png"))) == 2
+    chosen = metrics["info"]["threshold"]  # chosen on validation and saved with the model that serves and tiles
+    assert chosen in THRESHOLDS and metrics["info"]["threshold_choice"]["dice_at"][f"{chosen:.2f}"] > 0.6
+    assert read_spec(run).input.threshold == chosen
+
+
+def test_threshold_is_the_best_pooled_dice_of_the_validation_images(monkeypatch):
+    from pipelines.engine import segmentation
+    from pipelines.engine.segmentation import Tile, choose_threshold
+
+    # two images: 4 target pixels at p 0.32 and 0.8 (two each), 4 background at 0.2 and 0.6 (two each)
+    probs = [np.array([[0.32, 0.32, 0.2, 0.2]]), np.array([[0.8, 0.8, 0.6, 0.6]])]
+    truth = [np.array([[1, 1, 0, 0]], np.uint8), np.array([[1, 1, 0, 0]], np.uint8)]
+    tiles = [Tile(str(i), np.zeros((1, 4, 3), np.uint8), t, np.ones_like(t, bool)) for i, t in enumerate(truth)]
+    stream = iter(probs)
+    monkeypatch.setattr(segmentation, "predict_tile", lambda *a, **k: next(stream)[None])
+    e = {"tile": 32, "overlap": 0, "batch_size": 1}
+    chosen, dice = choose_threshold(None, tiles, e, "cpu")
+    # cuts 0.25 and 0.3: tp 4, fp 2 -> Dice 8/10 (the tie goes nearer 0.5); 0.35: tp 2, fp 2, fn 2 -> 4/8;
+    # 0.65: tp 2, fn 2 -> 4/6; 0.1: tp 4, fp 4 -> 8/12
+    assert chosen == 0.3 and dice["0.30"] == pytest.approx(0.8) and dice["0.25"] == pytest.approx(0.8)
+    assert dice["0.35"] == pytest.approx(0.5)
+    assert dice["0.65"] == pytest.approx(4 / 6, abs=1e-4) and dice["0.10"] == pytest.approx(8 / 12, abs=1e-4)
+    assert dice["0.85"] == 0.0
 
 
 def test_class_masks_as_indices_palette_colours_and_ignored_pixels(tmp_path):

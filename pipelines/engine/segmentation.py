@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,20 +42,23 @@ from pipelines.engine.metrics import (
 )
 from pipelines.engine.plots import class_overlay, save_png, segmentation_overlay
 from pipelines.engine.sliding_window import sliding_window_predict
-from pipelines.models import ModelSpec, checkpoint_saver, load_model, segmenter_spec
+from pipelines.models import SPEC_KEY, ModelSpec, checkpoint_saver, load_model, save_model, segmenter_spec
+from pipelines.models.files import read_header
 from pipelines.runs.folder import METRICS_FILE, TILES
 from pipelines.training import ImageKind, Runner, Settings, autocast, seed_everything
 from pipelines.training.finetune import check_recipe, prepare_finetune
 from pipelines.transforms.augment import IMAGENET_MEAN, IMAGENET_STD, build_segmentation_transform
 
 __all__ = [
-    "Tile", "TileTable", "TileCropDataset", "SEGMENTATION_MONITORS", "TILE_COLUMNS", "predict_tile", "score_tiles",
-    "chance_scores", "check_segmenter_config", "train_segmenter", "evaluate_segmenter", "summary_lines",
+    "Tile", "TileTable", "TileCropDataset", "SEGMENTATION_MONITORS", "TILE_COLUMNS", "THRESHOLDS", "predict_tile",
+    "score_tiles", "choose_threshold", "chance_scores", "check_segmenter_config", "train_segmenter",
+    "evaluate_segmenter", "summary_lines",
 ]
 
 log = logging.getLogger(__name__)
 
 SEGMENTATION_MONITORS = ("iou", "f1", "mean_iou", "loss")
+THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.1, 0.91, 0.05))  # eval.choose_threshold's grid
 TILE_COLUMNS = ["tile", "iou", "f1", "precision", "recall", "relaxed_precision", "relaxed_recall",
                 "pixel_accuracy", "positive_fraction", "pixels"]
 
@@ -243,6 +246,33 @@ def score_tiles(model: nn.Module, tiles: Iterable[Tile], e: Mapping, device: tor
     return scores, pd.DataFrame(rows, columns=tile_columns(classes))
 
 
+def choose_threshold(model: nn.Module, tiles: Iterable[Tile], e: Mapping, device: torch.device, amp: bool = True,
+                     channels_last: bool = False, grid: tuple[float, ...] = THRESHOLDS) -> tuple[float, dict]:
+    """The probability threshold of ``grid`` whose masks have the best Dice pooled over ``tiles`` (the
+    validation images), ties to the one nearest 0.5; and the Dice at each threshold of the grid.
+
+    Why: a sigmoid trained on few images rarely has its best cut at 0.5 (a small target pulls the
+    probabilities down, so masks come out too small); the coarse grid keeps a handful of validation images
+    from fitting the cut to their noise.
+    """
+    edges = np.concatenate([[0.0], grid, [1.0 + 1e-9]])
+    positive = np.zeros(len(edges) - 1, np.int64)  # target pixels per probability bin
+    negative = np.zeros(len(edges) - 1, np.int64)
+    for tile in tqdm(tiles, desc="choose threshold", leave=False):
+        prob = predict_tile(model, tile.image, e["tile"], e["overlap"], e["batch_size"], device, amp, channels_last)[0]
+        truth = tile.target.astype(bool)
+        positive += np.histogram(prob[truth & tile.valid], edges)[0]
+        negative += np.histogram(prob[~truth & tile.valid], edges)[0]
+    # at grid[i] the prediction is every bin from i + 1 up: tp and fp are the sums above the cut
+    tp = np.cumsum(positive[::-1])[::-1][1:]
+    fp = np.cumsum(negative[::-1])[::-1][1:]
+    fn = positive.sum() - tp
+    denominator = 2 * tp + fp + fn
+    dice = np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0)
+    best = max(range(len(grid)), key=lambda i: (round(float(dice[i]), 6), -abs(grid[i] - 0.5)))
+    return float(grid[best]), {f"{t:.2f}": round(float(d), 4) for t, d in zip(grid, dice, strict=True)}
+
+
 def tile_columns(classes: tuple[str, ...] = ()) -> list[str]:
     """The columns of ``tiles.csv``: :data:`TILE_COLUMNS` for a binary target; for class-index masks the
     foreground means, the mean IoU, pixel accuracy and each class's IoU (``iou_<class>``)."""
@@ -393,12 +423,22 @@ def evaluate_segmenter(data: TileTable, cfg: Mapping, run_dir: Path, ctx: Contex
     """The best (validation-selected) checkpoint on the whole val and test tiles: ``metrics.json`` (test with
     95% intervals of IoU and F1 over resampled tiles), ``tiles.csv`` (test) and ``plots/overlays/<tile>.png``
     (test, up to ``eval.overlays``)."""
-    e = cfg["eval"]
-    model = load_model(run_dir).model
+    e = dict(cfg["eval"])
+    loaded = load_model(run_dir)
     settings = _settings(cfg, ctx)
-    model = model.to(ctx.device)
+    model = loaded.model.to(ctx.device)
     if settings["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
+    choice = None
+    if e.get("choose_threshold") and not data.classes:
+        e["threshold"], dice = choose_threshold(model, data.tiles("val"), e, **settings)
+        choice = {"by": "pooled validation Dice", "dice_at": dice}
+        log.info("threshold %.2f chosen on validation (Dice %.3f; %.3f at 0.50)", e["threshold"],
+                 dice[f"{e['threshold']:.2f}"], dice.get("0.50", float("nan")))
+        spec = loaded.spec  # the saved model serves and tiles at the chosen threshold
+        header = {k: v for k, v in read_header(loaded.path).items() if k != SPEC_KEY}
+        save_model(loaded.model, replace(spec, input=replace(spec.input, threshold=e["threshold"])), loaded.path,
+                   header)
     loss = DiceCELoss(cfg["train"]["bce_weight"], cfg["train"]["dice_weight"])
     overlays = run_dir / "plots" / "overlays"
     written = []
@@ -424,7 +464,7 @@ def evaluate_segmenter(data: TileTable, cfg: Mapping, run_dir: Path, ctx: Contex
         report[split] = {"target": data.target, **scores}
         if split == "test":
             write_csv(run_dir / TILES, rows)
-    report["info"] = {**(info or {}), "threshold": e["threshold"], "slack_px": e["slack"],
+    report["info"] = {**(info or {}), "threshold": e["threshold"], "threshold_choice": choice, "slack_px": e["slack"],
                       "window": {"tile": e["tile"], "overlap": e["overlap"], "blending": "gaussian"},
                       "nodata_masked": bool(cfg["data"].get("mask_nodata", False))}
     write_json(run_dir / METRICS_FILE, report)

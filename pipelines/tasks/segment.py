@@ -229,6 +229,7 @@ def card_facts(cfg: Mapping, run_dir: Path) -> dict:
             "Trained and tested on one collection of images: other sources, devices or lighting shift them, and the "
             "accuracy there is unknown.",
             "A few dozen test images give wide intervals: read the 95% intervals, not the point estimates.",
-            "Probabilities are not calibrated; eval.threshold trades missed for false target pixels.",
+            "Probabilities are not calibrated; the threshold (chosen on the validation images unless "
+            "eval.choose_threshold=false) trades missed for false target pixels.",
         ],
     }
