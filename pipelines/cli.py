@@ -61,6 +61,9 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run_dir")
     ev.add_argument("--data-root", help="where the data set lives now, if it moved")
     ev.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    ev.add_argument("--precision", help="fp32 | bf16 | int8 | auto: evaluate at this inference precision (auto: "
+                    "the fastest within tolerance of fp32 on validation; recorded for 'pipelines export'); "
+                    "default: the run's eval.precision")
     ev.add_argument("--corruptions", action="store_true",
                     help="score the test split under MedMNIST-C corruptions -> robustness.csv")
     ev.add_argument("--reference", metavar="RUN_DIR",
@@ -101,6 +104,9 @@ def _build_parser() -> argparse.ArgumentParser:
     tl.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default: 4)")
     tl.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     tl.add_argument("--threshold", type=float, help="probability for a building pixel (default: the model's)")
+    tl.add_argument("--precision", default="auto",
+                    help="fp32 | bf16 | auto: bf16 autocast where the processor has the units; auto = what the run's "
+                         "parity check (eval.precision=auto) chose, else fp32 (default: auto)")
     tl.add_argument("--probabilities", action="store_true",
                     help="write float32 probabilities (nodata -1) instead of a uint8 0/1 mask (nodata 255)")
     tl.add_argument("--vectorize", action="store_true",
@@ -265,8 +271,16 @@ def cmd_eval(args) -> int:
     run_dir = check_run_dir(args.run_dir)
     cfg = read_config(run_dir)
     task = get_task(cfg.get("run", {}).get("task", ""))
+    if args.precision:
+        from pipelines.core.precision import check_precision
+
+        if "precision" not in cfg.get("eval", {}):
+            raise ConfigError(f"{cfg['run']['task']} runs have no eval.precision; --precision is for classification "
+                              "and segmentation runs")
+        cfg["eval"]["precision"] = check_precision(args.precision, "--precision")
     if args.data_root:
         cfg["data"]["root"] = str(Path(args.data_root).expanduser().resolve())
+    if args.precision or args.data_root:
         write_config(run_dir, cfg)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     ctx = distributed.setup(args.device)
@@ -374,7 +388,7 @@ def cmd_tile(args) -> int:
                        overlap=args.overlap, batch_size=args.batch_size, device=args.device,
                        threshold=args.threshold, probabilities=args.probabilities, vectorize=args.vectorize,
                        workers=args.workers, scheduler=args.scheduler, overwrite=args.overwrite,
-                       block_tiles=args.block_tiles, scale=args.scale, mosaic=args.mosaic)
+                       block_tiles=args.block_tiles, scale=args.scale, mosaic=args.mosaic, precision=args.precision)
     summary = run_job(opts)
     print(summary.output, flush=True)
     return 2 if summary.failed else 0

@@ -4,6 +4,7 @@
     models/NAME/card.json           the spec's facts for people (kind, classes, input) plus how well it did and
                                     what it is for
     models/NAME/card.md             the same card for people
+    models/NAME/model.int8.onnx     only where the run's parity check chose int8: the graph it checked
 
 A folder without a readable card is not a model of the store: the app lists only carded models.
 """
@@ -16,6 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from pipelines.core.errors import ConfigError
@@ -28,7 +30,7 @@ from pipelines.tasks import get_task
 
 __all__ = ["WEIGHTS", "CARD", "StoredModel", "export_to_store", "list_models", "load_model", "card_markdown"]
 
-WEIGHTS, CARD, CARD_MD = "model.safetensors", "card.json", "card.md"
+WEIGHTS, CARD, CARD_MD, INT8 = "model.safetensors", "card.json", "card.md", "model.int8.onnx"
 NOTICE = "Research use only. Not a medical device: not for diagnosis or treatment decisions."
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _DETAIL = ("n", "ci95", "per_class")  # what a card keeps beside the task's headline metrics
@@ -42,6 +44,7 @@ class StoredModel:
     model: nn.Module
     card: dict
     spec: ModelSpec
+    fast: nn.Module | None = None  # the int8 graph (an OnnxModule) when the card serves at int8
 
     @property
     def class_names(self) -> list[str]:
@@ -54,6 +57,17 @@ class StoredModel:
     @property
     def multilabel(self) -> bool:
         return self.spec.output == "sigmoid"
+
+    @property
+    def precision(self) -> str:
+        """What predictions run at: the card's parity-checked choice (int8 only with its graph; bf16 only
+        where this processor has the units), else fp32."""
+        from pipelines.core.precision import resolve_precision
+
+        chosen = (self.card.get("precision") or {}).get("serves_at", "fp32")
+        if chosen == "int8":
+            return "int8" if self.fast is not None else "fp32"
+        return resolve_precision(chosen, torch.device("cpu"))
 
 
 def check_name(name: str) -> str:
@@ -137,9 +151,30 @@ def export_to_store(run_dir: str | Path, name: str, store: str | Path = "models"
         "source_run": str(run_dir.resolve()),
         "weights_sha256": file_sha256(folder / WEIGHTS),
     }
+    card["precision"] = _precision(run_dir, folder)
     atomic_write_bytes(folder / CARD_MD, card_markdown(card).encode())
     write_json(folder / CARD, card)
     return folder
+
+
+def _precision(run_dir: Path, folder: Path) -> dict:
+    """The card's ``precision``: the run's parity check (metrics.json) and what the model serves at; an int8
+    choice brings its checked graph into the store folder."""
+    from pipelines.engine.precision import INT8_GRAPH
+
+    table = json.loads((run_dir / METRICS_FILE).read_text()).get("info", {}).get("precision") or {}
+    (folder / INT8).unlink(missing_ok=True)
+    if not table.get("paths"):
+        return {"serves_at": "fp32", "note": "no parity check ran; 'pipelines eval RUN --precision auto' and export "
+                                             "again to serve at a faster checked precision"}
+    chosen = table["chosen"]
+    if chosen == "int8":
+        if not (run_dir / INT8_GRAPH).is_file():
+            raise ConfigError(f"{run_dir / INT8_GRAPH} is missing; run 'pipelines eval {run_dir} --precision auto' "
+                              "again")
+        atomic_write_bytes(folder / INT8, (run_dir / INT8_GRAPH).read_bytes())
+        table = {**table, "int8_sha256": file_sha256(folder / INT8)}
+    return {**table, "serves_at": chosen}
 
 
 def _architecture(spec: ModelSpec) -> str:
@@ -194,7 +229,12 @@ def load_model(name: str, store: str | Path = "models") -> StoredModel:
         model, spec = from_card(folder / WEIGHTS, card)
         return StoredModel(name, model.eval(), card, spec)
     loaded = load_saved(folder / WEIGHTS)
-    return StoredModel(name, loaded.model, card, loaded.spec)
+    fast = None
+    if (card.get("precision") or {}).get("serves_at") == "int8" and (folder / INT8).is_file():
+        from pipelines.backbones.quantize import OnnxModule
+
+        fast = OnnxModule(folder / INT8)
+    return StoredModel(name, loaded.model, card, loaded.spec, fast)
 
 
 def _fmt(value: float, ci: list | None) -> str:
@@ -226,6 +266,23 @@ def card_markdown(card: dict) -> str:
     elif sel:  # an ensemble: each member selected its own epoch
         protocol = f"; {sel['protocol']}" if sel.get("protocol") else ""
         lines.append(f"- Checkpoints selected on {sel.get('monitor')}{protocol}")
+    lines += _precision_lines(card.get("precision") or {})
     lines += ["", "## Intended use", "", card["intended_use"], "", "## Limitations", ""]
     lines += [f"- {item}" for item in card["limitations"]]
     return "\n".join(lines) + "\n"
+
+
+def _precision_lines(p: dict) -> list[str]:
+    """What the card says about the precision it serves at and what that cost on validation."""
+    if not p:
+        return []
+    if not p.get("paths"):
+        return [f"- Serves at {p.get('serves_at', 'fp32')}; {p.get('note', '')}".rstrip("; ")]
+    chosen = p["paths"][p["serves_at"]]
+    metric = next((k for k in chosen if k.startswith("val_")), None)
+    ref = p["paths"]["fp32"]
+    cost = (f"; val {metric[4:]} {chosen[metric]:.4f} against fp32's {ref[metric]:.4f}, top-1 agreement "
+            f"{chosen['agreement']:.2%}, x{chosen['speedup']:.2f} fp32's speed") if metric else ""
+    refused = [f"{n} ({q['why']})" for n, q in p["paths"].items() if not q.get("accepted")]
+    return [f"- Serves at {p['serves_at']} ({p['by']}){cost}"] + (
+        [f"- Refused: {', '.join(refused)}"] if refused else [])

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from pipelines.core.images import decode_image
+from pipelines.core.precision import precision_autocast
 from pipelines.engine.explain import gradcam
 from pipelines.model_store import StoredModel
 from pipelines.transforms.augment import build_transform
@@ -34,6 +35,7 @@ class Prediction:
     overlay: np.ndarray | None
     explained: str
     seconds: float
+    precision: str = "fp32"  # what the probabilities were computed at (the card's checked choice)
 
     @property
     def ranked(self) -> list[tuple[str, float]]:
@@ -63,15 +65,17 @@ def classify(stored: StoredModel, data: bytes, name: str, explain: bool = True) 
     start = time.perf_counter()
     image = decode_image(data, name, colour=stored.spec.input.colour, max_pixels=MAX_UPLOAD_PIXELS)
     x = build_transform("none", stored.image_size)(image=image)["image"][None]
-    if explain:
+    precision = stored.precision
+    if explain and precision == "fp32":
         logits, cam = gradcam(stored.model, x)
-    else:
-        with torch.inference_mode():
-            logits, cam = stored.model(x), None
+    else:  # the probabilities at the card's precision; Grad-CAM's gradients from the float model
+        with torch.inference_mode(), precision_autocast(torch.device("cpu"), precision):
+            logits = (stored.fast if precision == "int8" else stored.model)(x).float()
+        cam = gradcam(stored.model, x, target=int(logits[0].argmax()))[1] if explain else None
     probs = torch.sigmoid(logits) if stored.multilabel else torch.softmax(logits, 1)
     probs = dict(zip(stored.class_names, probs[0].tolist(), strict=True))
     shown = _display(image)
     top = max(probs, key=probs.get)
     return Prediction(name, probs, shown, None if cam is None else _overlay(shown, cam),
                       f"Grad-CAM for '{top}'" if cam is not None else "no spatial feature map to explain",
-                      time.perf_counter() - start)
+                      time.perf_counter() - start, precision)

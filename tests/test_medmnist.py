@@ -205,6 +205,44 @@ def test_corruption_robustness_against_a_reference(demo_run, capsys):
     assert pd.read_csv(again).equals(pd.read_csv(demo_run / "robustness.csv"))  # deterministic per seed
 
 
+@pytest.mark.slow
+def test_precision_auto_is_checked_on_validation_recorded_exported_and_served(demo_run, tmp_path):
+    import shutil
+
+    from pipelines.core.precision import cpu_features
+    from pipelines.model_store import export_to_store, load_model
+    from pipelines.serving import classify
+
+    run = shutil.copytree(demo_run, tmp_path / "run")  # the other tests keep the fp32 evaluation
+    before = json.loads((run / "metrics.json").read_text())
+    assert before["info"]["precision"]["chosen"] == "fp32" and "paths" not in before["info"]["precision"]
+    assert main(["eval", str(run), "--precision", "auto", "--device", "cpu"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    check = metrics["info"]["precision"]
+    assert set(check["paths"]) == {"fp32", "int8"} | ({"bf16"} if cpu_features()["bf16"] else set())
+    chosen = check["paths"][check["chosen"]]
+    assert chosen["accepted"] and chosen["img_s"] == max(p["img_s"] for p in check["paths"].values() if p["accepted"])
+    assert chosen["val_acc"] >= check["paths"]["fp32"]["val_acc"] - 0.005 and chosen["agreement"] >= 0.99
+    assert metrics["val"]["acc"] == pytest.approx(chosen["val_acc"])  # val is scored at the chosen precision
+    assert metrics["test"]["auc"] > 0.8  # still learned, whatever the precision
+    assert (run / "precision" / "model.int8.onnx").is_file() == (check["chosen"] == "int8")
+    folder = export_to_store(run, "fast", tmp_path / "models")
+    card = json.loads((folder / "card.json").read_text())
+    assert card["precision"]["serves_at"] == check["chosen"]
+    assert (folder / "model.int8.onnx").is_file() == (check["chosen"] == "int8")
+    assert f"Serves at {check['chosen']}" in (folder / "card.md").read_text()
+    stored = load_model("fast", tmp_path / "models")
+    assert stored.precision == check["chosen"]
+    import io
+
+    from PIL import Image
+
+    image = io.BytesIO()
+    Image.fromarray(np.full((28, 28), 90, np.uint8)).save(image, format="PNG")
+    prediction = classify(stored, image.getvalue(), "scan.png")
+    assert prediction.precision == check["chosen"] and sum(prediction.probs.values()) == pytest.approx(1, abs=1e-4)
+
+
 def test_reference_needs_corruptions(trained_run, capsys):
     assert main(["eval", str(trained_run), "--reference", str(trained_run)]) == 2
     assert "--reference goes with --corruptions" in capsys.readouterr().err

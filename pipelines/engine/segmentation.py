@@ -41,11 +41,12 @@ from pipelines.engine.metrics import (
     segmentation_scores,
 )
 from pipelines.engine.plots import class_overlay, save_png, segmentation_overlay
+from pipelines.engine.precision import ParityCheck, evaluation_model
 from pipelines.engine.sliding_window import sliding_window_predict
 from pipelines.models import SPEC_KEY, ModelSpec, checkpoint_saver, load_model, save_model, segmenter_spec
 from pipelines.models.files import read_header
 from pipelines.runs.folder import METRICS_FILE, TILES
-from pipelines.training import ImageKind, Runner, Settings, autocast, seed_everything
+from pipelines.training import ImageKind, Runner, Settings, inference_autocast, seed_everything
 from pipelines.training.finetune import check_recipe, prepare_finetune
 from pipelines.transforms.augment import IMAGENET_MEAN, IMAGENET_STD, build_segmentation_transform
 
@@ -178,17 +179,18 @@ def _pad(tile: Tile, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 @torch.no_grad()
 def predict_tile(model: nn.Module, image: np.ndarray, tile: int, overlap: int, batch_size: int,
-                 device: torch.device, amp: bool = True, channels_last: bool = False) -> np.ndarray:
+                 device: torch.device, amp: bool = True, channels_last: bool = False,
+                 precision: str = "fp32") -> np.ndarray:
     """Probabilities ``(K, H, W)`` float32 of a whole ``(H, W, 3)`` uint8 image (one channel: the target's sigmoid;
     K: the classes' softmax), by sliding windows of ``tile`` px blended with Gaussian weights (training's
-    normalisation, no augmentation)."""
+    normalisation, no augmentation); ``precision`` ``bf16`` under bf16 autocast."""
     model.eval()
     x = build_segmentation_transform("none")(image=image)["image"].to(device)
 
     def predict(batch: torch.Tensor) -> torch.Tensor:
         if channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp):
+        with inference_autocast(device, amp, precision):
             logits = model(batch)
         logits = logits.float()
         return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, 1)
@@ -199,7 +201,7 @@ def predict_tile(model: nn.Module, image: np.ndarray, tile: int, overlap: int, b
 def score_tiles(model: nn.Module, tiles: Iterable[Tile], e: Mapping, device: torch.device, amp: bool = True,
                 channels_last: bool = False, loss_fn: nn.Module | None = None, desc: str = "score",
                 visit: Callable[[Tile, np.ndarray], None] | None = None, bootstrap: int = 0,
-                seed: int = 0, classes: tuple[str, ...] = ()) -> tuple[dict, pd.DataFrame]:
+                seed: int = 0, classes: tuple[str, ...] = (), precision: str = "fp32") -> tuple[dict, pd.DataFrame]:
     """Predict every tile whole and score it against its mask.
 
     Args:
@@ -216,7 +218,8 @@ def score_tiles(model: nn.Module, tiles: Iterable[Tile], e: Mapping, device: tor
     """
     total, rows, losses, per_tile = None, [], [], []
     for tile in tqdm(tiles, desc=desc, leave=False):  # one tile in memory at a time unless they are cached
-        prob = predict_tile(model, tile.image, e["tile"], e["overlap"], e["batch_size"], device, amp, channels_last)
+        prob = predict_tile(model, tile.image, e["tile"], e["overlap"], e["batch_size"], device, amp, channels_last,
+                            precision)
         if classes:
             pred = prob.argmax(0).astype(np.uint8)
             counts = class_confusion(pred, tile.target, len(classes), tile.valid).ravel()
@@ -439,6 +442,56 @@ def evaluate_segmenter(data: TileTable, cfg: Mapping, run_dir: Path, ctx: Contex
         header = {k: v for k, v in read_header(loaded.path).items() if k != SPEC_KEY}
         save_model(loaded.model, replace(spec, input=replace(spec.input, threshold=e["threshold"])), loaded.path,
                    header)
+    model, precision, precision_info = _evaluation_model(model, data, e, settings, run_dir)
+    report = _score_splits(model, data, cfg, e, run_dir, {**settings, "precision": precision})
+    report["info"] = {**(info or {}), "threshold": e["threshold"], "threshold_choice": choice, "slack_px": e["slack"],
+                      "window": {"tile": e["tile"], "overlap": e["overlap"], "blending": "gaussian"},
+                      "nodata_masked": bool(cfg["data"].get("mask_nodata", False)), "precision": precision_info}
+    write_json(run_dir / METRICS_FILE, report)
+    return report
+
+
+def _windows(tiles: Iterable[Tile], side: int, count: int) -> torch.Tensor:
+    """Up to ``count`` normalised ``side`` px windows, the top-left of each tile (zero-padded where smaller)."""
+    out = []
+    for tile in tiles:
+        if len(out) >= count:
+            break
+        x = build_segmentation_transform("none")(image=tile.image[:side, :side])["image"]
+        out.append(nn.functional.pad(x, (0, side - x.shape[2], 0, side - x.shape[1])))
+    return torch.stack(out)
+
+
+def _evaluation_model(model: nn.Module, data: TileTable, e: Mapping, settings: Mapping,
+                      run_dir: Path) -> tuple[nn.Module, str, dict]:
+    """The model the test split is scored with at ``eval.precision``; ``auto`` checks each faster path's
+    validation Dice and mask agreement against fp32's."""
+    side, device = int(e["tile"]), settings["device"]
+    shape = (3, side, side)
+
+    def calibrate():
+        windows = _windows(data.tiles("train"), side, int(e.get("calibration_images", 32)))
+        return (b.numpy() for b in windows.split(4))
+
+    def on_val(m: nn.Module, precision: str) -> tuple[float, np.ndarray]:
+        masks = []
+        scores, _ = score_tiles(m, data.tiles("val"), e, desc=f"check {precision}", classes=data.classes,
+                                visit=lambda _tile, pred: masks.append(pred.ravel()), precision=precision,
+                                **{**settings, "channels_last": settings["channels_last"] and precision != "int8"})
+        return float(scores["f1"]), np.concatenate(masks)
+
+    check = functools.partial(ParityCheck, model, device, shape, calibrate, on_val,
+                              _windows(data.tiles("val"), side, int(e["batch_size"])), "f1",
+                              float(e.get("precision_tolerance", 0.005)), float(e.get("precision_agreement", 0.99)),
+                              settings["channels_last"])
+    return evaluation_model(model, e, device, shape, calibrate, run_dir, check)
+
+
+def _score_splits(model: nn.Module, data: TileTable, cfg: Mapping, e: Mapping, run_dir: Path,
+                  settings: Mapping) -> dict:
+    """Val and test scored whole (``settings``: score_tiles' device, amp, channels_last, precision), with
+    tiles.csv and the overlays of test written."""
+    settings = {**settings, "channels_last": settings["channels_last"] and settings["precision"] != "int8"}
     loss = DiceCELoss(cfg["train"]["bce_weight"], cfg["train"]["dice_weight"])
     overlays = run_dir / "plots" / "overlays"
     written = []
@@ -458,16 +511,11 @@ def evaluate_segmenter(data: TileTable, cfg: Mapping, run_dir: Path, ctx: Contex
         scores, rows = score_tiles(model, data.tiles(split), e, loss_fn=loss, desc=f"evaluate {split}",
                                    visit=overlay if split == "test" else None,
                                    bootstrap=e["bootstrap"] if split == "test" else 0, seed=int(cfg["seed"]),
-                                   classes=data.classes,
-                                   **settings)
+                                   classes=data.classes, **settings)
         scores["chance"] = chance_scores(scores)
         report[split] = {"target": data.target, **scores}
         if split == "test":
             write_csv(run_dir / TILES, rows)
-    report["info"] = {**(info or {}), "threshold": e["threshold"], "threshold_choice": choice, "slack_px": e["slack"],
-                      "window": {"tile": e["tile"], "overlap": e["overlap"], "blending": "gaussian"},
-                      "nodata_masked": bool(cfg["data"].get("mask_nodata", False))}
-    write_json(run_dir / METRICS_FILE, report)
     return report
 
 

@@ -125,6 +125,8 @@ def _git_revision() -> dict[str, Any]:
 def write_environment(run_dir: Path, device: str, extra: Mapping[str, Any] | None = None) -> None:
     import torch
 
+    from pipelines.core.precision import cpu_features
+
     versions = {}
     for name in _PACKAGES:
         try:
@@ -141,6 +143,7 @@ def write_environment(run_dir: Path, device: str, extra: Mapping[str, Any] | Non
         "cuda_available": torch.cuda.is_available(),
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         "torch_threads": torch.get_num_threads(),
+        "cpu": cpu_features(),  # bf16 / int8 units: what eval.precision and train.amp can use here
         **(extra or {}),
     }
     write_json(Path(run_dir) / ENVIRONMENT, env)

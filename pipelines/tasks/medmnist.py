@@ -31,11 +31,12 @@ from pipelines.engine.classification import (
 )
 from pipelines.engine.evaluation import Predicted, Scoring, write_report
 from pipelines.engine.losses import build_loss, class_weights
+from pipelines.engine.precision import classifier_probabilities
 from pipelines.engine.robustness import RobustnessData
 from pipelines.models import checkpoint_saver
 from pipelines.runs import PREDICTIONS as PREDICTIONS  # predictions.csv: one row per test image
 from pipelines.runs import SPLIT, write_split
-from pipelines.training import ClassifierKind, Runner, Settings, make_loader, predict, seed_everything
+from pipelines.training import ClassifierKind, Runner, Settings, make_loader, seed_everything
 from pipelines.transforms.augment import build_transform
 
 log = logging.getLogger(__name__)
@@ -158,14 +159,13 @@ def evaluate(cfg: Mapping, run_dir: Path, ctx: Context, data: MedMNISTData | Non
     data = data if data is not None else load_data(cfg)
     d, e = cfg["data"], cfg["eval"]
     model = load_best_model(run_dir, _spec(cfg, data)).to(ctx.device)
-    predicted = {}
-    for split in ("val", "test"):
-        loader = make_loader(_dataset(data, split, "none", d["image_size"]), e["batch_size"], d["workers"],
-                             int(cfg["seed"]), device=ctx.device)
-        probs = predict(model, loader, ctx.device, cfg["train"]["amp"], desc=f"evaluate {split}",
-                        multilabel=data.multilabel)
-        labels = data.labels[split]
-        predicted[split] = Predicted(_rows(labels, data), labels, probs)
+    loaders = {split: make_loader(_dataset(data, split, "none", d["image_size"]), e["batch_size"], d["workers"],
+                                  int(cfg["seed"]), device=ctx.device) for split in ("train", "val", "test")}
+    scoring = _scoring(data, cfg)
+    probs, precision = classifier_probabilities(
+        model, {s: loaders[s] for s in ("val", "test")}, loaders["train"], data.labels["val"], scoring, HEADLINE[0],
+        e, ctx.device, bool(cfg["train"]["amp"]), False, run_dir, multilabel=data.multilabel)
+    predicted = {split: Predicted(_rows(data.labels[split], data), data.labels[split], probs[split]) for split in probs}
     info = {
         "task": "medmnist", "dataset": data.flag, "size": data.size, "task_type": data.task,
         "image_size": d["image_size"], "demo": bool(cfg["run"]["demo"]), "selected_epoch": selected_epoch(run_dir),
@@ -173,7 +173,7 @@ def evaluate(cfg: Mapping, run_dir: Path, ctx: Context, data: MedMNISTData | Non
     }
     if info["demo"]:
         info["note"] = "SYNTHETIC demo data: these numbers say nothing about real ultrasound"
-    return write_report(run_dir, predicted, _scoring(data, cfg), info)
+    return write_report(run_dir, predicted, scoring, {**info, "precision": precision})
 
 
 def _rows(labels: np.ndarray, data: MedMNISTData) -> pd.DataFrame:

@@ -91,6 +91,7 @@ class TileOptions:
     scale: float | None = None
     mosaic: str | None = None
     loader: str | None = None  # "module:function" for models that are not saved segmenters (Python API only)
+    precision: str = "auto"  # fp32 | bf16 | auto (what the run's parity check chose, else fp32)
 
 
 @dataclass
@@ -130,6 +131,21 @@ class _Job:
 
 
 
+def _tile_precision(asked: str, weights: Path) -> str:
+    """``--precision`` as the workers run it: ``auto`` is the run's parity-checked choice where it is one the
+    torch path runs (fp32, bf16), else fp32; int8 tiling is not offered (it needs an onnxruntime engine)."""
+    from pipelines.core.precision import check_precision
+    from pipelines.engine.precision import checked_precision
+
+    asked = check_precision(asked, "--precision")
+    if asked == "int8":
+        raise ConfigError("--precision int8 is not offered for tiling yet; use bf16 (or auto, or fp32)")
+    if asked == "auto":
+        chosen = checked_precision(weights)
+        return chosen if chosen in ("fp32", "bf16") else "fp32"
+    return asked
+
+
 class _Driver:
     def __init__(self, opts: TileOptions):
         self.opts = opts
@@ -146,6 +162,7 @@ class _Driver:
         _, self.spec = load_model(str(self.weights), self.sha, "cpu", opts.loader)  # here only for its spec
         self.tile = opts.tile or self.spec.tile
         self.threshold = self.spec.threshold if opts.threshold is None else opts.threshold
+        self.precision = _tile_precision(opts.precision, self.weights)
         self._check_settings()
         self.kind = OutputKind(opts.probabilities, self.spec.classes)
         self.manifest = Manifest(self.out)
@@ -185,7 +202,8 @@ class _Driver:
         fp = {"input": scene.path, "model_sha256": self.sha, "tile": self.tile, "overlap": self.opts.overlap,
               "threshold": self.threshold if uses_threshold else None, "probabilities": self.opts.probabilities,
               "vectorize": self.opts.vectorize, "scale": input_scale(scene.dtype, self.opts.scale),
-              "input_bytes": scene.bytes, "input_mtime_ns": scene.mtime_ns, "format": FORMAT}
+              "input_bytes": scene.bytes, "input_mtime_ns": scene.mtime_ns, "format": FORMAT,
+              "precision": self.precision}
         if self.opts.loader:
             fp["loader"] = self.opts.loader
         if members:  # a mosaic: its VRT is rewritten every run, its members are what count
@@ -202,7 +220,8 @@ class _Driver:
                 "dtype": scene.dtype, "crs": scene.crs_name, "output": str(output.resolve()),
                 "vectors": str(vectors.resolve()) if vectors else None, "model": str(self.weights),
                 "model_sha256": self.sha, "tile": self.tile, "overlap": self.opts.overlap,
-                "threshold": self.threshold, "probabilities": self.opts.probabilities, "device": self.device}
+                "threshold": self.threshold, "probabilities": self.opts.probabilities, "device": self.device,
+                "precision": self.precision}
 
     def plan_scene(self, scene: Scene, name: str, members: list[Scene] | None = None) -> None:
         path = scene.path
@@ -266,7 +285,7 @@ class _Driver:
                     break
                 yield BlockTask(s.path, s.source, s.bands, block, s.height, s.width, self.tile, self.opts.overlap,
                                 g.block_tiles, str(self.weights), self.sha, self.device, self.opts.batch_size,
-                                input_scale(s.dtype, self.opts.scale), self.opts.loader)
+                                input_scale(s.dtype, self.opts.scale), self.opts.loader, self.precision)
 
     def on_result(self, task: BlockTask, result: BlockResult | BaseException) -> bool:
         """Store one block; True when it was its scene's last."""

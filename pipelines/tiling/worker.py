@@ -38,6 +38,7 @@ class BlockTask:
     batch_size: int
     scale: float
     loader: str | None = None
+    precision: str = "fp32"  # fp32 or bf16 (bf16 falls back to fp32 on a worker without the units)
 
 
 @dataclass
@@ -101,11 +102,16 @@ def load_model(path: str, sha256: str, device: str, loader: str | None = None):
     return model.eval().to(device), spec
 
 
-def _predictor(model, classes: int, device: str):
+def _predictor(model, classes: int, device: str, precision: str = "fp32"):
     import torch
 
+    from pipelines.core.precision import precision_autocast, resolve_precision
+
+    torch_device = torch.device(device)
+    precision = resolve_precision(precision, torch_device)
+
     def predict(batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
+        with torch.inference_mode(), precision_autocast(torch_device, precision):
             logits = model(torch.from_numpy(batch).to(device))
             probs = torch.sigmoid(logits) if classes == 1 else torch.softmax(logits, dim=1)
             return probs.float().cpu().numpy()
@@ -145,7 +151,7 @@ def compute_block(task: BlockTask) -> BlockResult:
         image = F.pad(torch.from_numpy(image)[None], (0, pad_w, 0, pad_h), mode=grid.pad_mode)[0].numpy()
         valid = np.pad(valid, ((0, pad_h), (0, pad_w)))
     weights = gaussian_weights(task.tile).numpy()
-    predict = _predictor(model, spec.classes, device)
+    predict = _predictor(model, spec.classes, device, task.precision)
     t = task.tile
     windows = [(y - rows.start, x - cols.start) for y, x in grid.windows(*task.block)]
     todo = [(y, x) for y, x in windows if valid[y:y + t, x:x + t].any()]

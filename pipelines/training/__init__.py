@@ -10,6 +10,7 @@ from pipelines.training.data import (
     EpochSampler,
     autocast,
     epoch_seed,
+    inference_autocast,
     make_loader,
     predict,
     seed_everything,
@@ -20,6 +21,6 @@ from pipelines.training.state import load_state, restore_rng, rng_state, save_st
 
 __all__ = [
     "Runner", "Settings", "Kind", "Callback", "ImageKind", "ClassifierKind", "MONITORS", "EpochLoader",
-    "EpochSampler", "make_loader", "predict", "autocast", "seed_everything", "epoch_seed", "warmup_cosine",
-    "warmup_steps", "build_scheduler", "load_state", "save_state", "rng_state", "restore_rng",
+    "EpochSampler", "make_loader", "predict", "autocast", "inference_autocast", "seed_everything", "epoch_seed",
+    "warmup_cosine", "warmup_steps", "build_scheduler", "load_state", "save_state", "rng_state", "restore_rng",
 ]

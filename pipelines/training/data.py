@@ -12,7 +12,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-__all__ = ["EpochSampler", "EpochLoader", "make_loader", "seed_everything", "epoch_seed", "autocast", "predict"]
+from pipelines.core.precision import precision_autocast
+
+__all__ = ["EpochSampler", "EpochLoader", "make_loader", "seed_everything", "epoch_seed", "autocast",
+           "inference_autocast", "predict"]
 
 
 def seed_everything(seed: int) -> None:
@@ -124,18 +127,25 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast("cuda", dtype=dtype)
 
 
+def inference_autocast(device: torch.device, amp: bool, precision: str = "fp32"):
+    """Evaluation's autocast: bf16 when that precision is asked for, else training's mixed-precision rule."""
+    return precision_autocast(device, precision) if precision == "bf16" else autocast(device, amp)
+
+
 @torch.no_grad()
 def predict(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool = True,
             channels_last: bool = False, desc: str = "predict", show: bool = True,
-            multilabel: bool = False) -> np.ndarray:
-    """Probabilities (N, K) in dataset order: softmax, or a sigmoid per label for multi-label models."""
+            multilabel: bool = False, precision: str = "fp32") -> np.ndarray:
+    """Probabilities (N, K) in dataset order: softmax, or a sigmoid per label for multi-label models.
+    ``precision`` ``bf16`` runs under bf16 autocast on any device; ``fp32`` leaves mixed precision to ``amp``
+    (CUDA only); an int8 model is an :class:`~pipelines.backbones.quantize.OnnxModule` and runs as it is."""
     model.eval()
     out = []
     for batch in tqdm(loader, desc=desc, leave=False, disable=not show):
         images = batch["image"].to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp):
+        with inference_autocast(device, amp, precision):
             logits = model(images)
         logits = logits.float()
         out.append((torch.sigmoid(logits) if multilabel else torch.softmax(logits, 1)).cpu())

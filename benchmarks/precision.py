@@ -1,0 +1,167 @@
+"""Inference precision on the CPU: fp32, bf16 and int8 for every registered backbone, and what each costs.
+
+    python benchmarks/precision.py                                  # every backbone, batch 1 and 16, 224 px
+    python benchmarks/precision.py --backbones 'efficientnet_*' --runs 7
+    python benchmarks/precision.py --backbones none --accuracy-run runs/real_data/medmnist/breastmnist_pretrained
+
+Paths (all on the BatchNorm-fused model):
+    fp32      PyTorch, channels-last: our float path (the reference)
+    bf16      the same under ``torch.autocast("cpu", dtype=torch.bfloat16)``
+    onnx      onnxruntime, float32 (to separate the engine's gain from int8's)
+    int8      onnxruntime, static QDQ int8 (:func:`pipelines.backbones.quantize.quantize_onnx`), calibrated
+              on random images for speed, on the run's training images for ``--accuracy-run``
+
+Rounds interleave the paths so drift in machine load hits all of them alike; each figure is the median
+over ``--runs`` rounds after ``--warmup``. ``--accuracy-run`` (a medmnist run folder) scores the run's
+best model on its validation split in every path: the task's ACC and AUC and the top-1 agreement with fp32.
+
+Writes ``runs/benchmarks/precision_cpu.csv`` (one row per backbone and batch) and
+``runs/benchmarks/precision_accuracy.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from backbones import build, measure, write_rows
+
+from pipelines.backbones import check_backbone, list_backbones
+from pipelines.backbones.inference import prepare_for_inference
+from pipelines.core.precision import cpu_features, precision_autocast
+
+PATHS = ("fp32", "bf16", "onnx", "int8")
+
+
+def path_runners(model: torch.nn.Module, shape: tuple[int, int, int], tmp: Path, name: str,
+                 calibration: list[np.ndarray]) -> dict[str, Callable[[torch.Tensor], np.ndarray]]:
+    """One ``run(x) -> probabilities-ready logits (numpy)`` per path, all from the same fused model."""
+    from pipelines.backbones.onnx_export import OnnxRunner, export_onnx
+    from pipelines.backbones.quantize import quantize_onnx
+
+    fused = prepare_for_inference(model, fuse=True, channels_last=True)
+    threads = torch.get_num_threads()
+
+    def torch_path(precision: str) -> Callable[[torch.Tensor], np.ndarray]:
+        def run(x: torch.Tensor) -> np.ndarray:
+            with torch.inference_mode(), precision_autocast(torch.device("cpu"), precision):
+                out = fused(x.contiguous(memory_format=torch.channels_last))
+            return out.float().numpy()
+        return run
+
+    float_file, int8_file = tmp / f"{name}.onnx", tmp / f"{name}.int8.onnx"
+    export_onnx(prepare_for_inference(model, fuse=True, channels_last=False), float_file, shape)
+    quantize_onnx(float_file, int8_file, calibration)
+    onnx_float, onnx_int8 = OnnxRunner(float_file, threads), OnnxRunner(int8_file, threads)
+    return {"fp32": torch_path("fp32"), "bf16": torch_path("bf16"),
+            "onnx": lambda x: onnx_float(x.numpy()), "int8": lambda x: onnx_int8(x.numpy())}
+
+
+def random_calibration(shape: tuple[int, int, int], batches: int = 8, batch: int = 4) -> list[np.ndarray]:
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(batch, *shape, generator=g).numpy() for _ in range(batches)]
+
+
+def speed(names: list[str], args, tmp: Path) -> list[dict]:
+    rows = []
+    for name in names:
+        size = check_backbone(name).input_size or args.size
+        shape = (3, size, size)
+        model = build(name, size)
+        runs = path_runners(model, shape, tmp, name, random_calibration(shape))
+        for batch in args.batches:
+            x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(1))
+            ref = runs["fp32"](x)
+            # how far each path's logits move from fp32's, relative to their spread (random weights: no accuracy)
+            drift = {p: float(np.abs(runs[p](x) - ref).max() / (ref.std() + 1e-12)) for p in PATHS[1:]}
+            fns = {p: (lambda fn=fn, x=x: fn(x)) for p, fn in runs.items()}
+            img_s = measure(fns, batch, args.warmup, args.runs)
+            fastest = max(img_s, key=img_s.get)
+            row = {"name": name, "family": check_backbone(name).family, "batch": batch, "size": size,
+                   "threads": torch.get_num_threads(), **{f"img_s_{p}": round(v, 2) for p, v in img_s.items()},
+                   **{f"drift_{p}": round(v, 4) for p, v in drift.items()},
+                   "fastest": fastest, "fastest_vs_fp32": round(img_s[fastest] / img_s["fp32"], 3)}
+            rows.append(row)
+            cells = "  ".join(f"{p} {v:7.1f}" for p, v in img_s.items())
+            print(f"{name:24s} batch {batch:3d}  {cells}  fastest {fastest} x{row['fastest_vs_fp32']:.2f}", flush=True)
+    return rows
+
+
+def accuracy(run_dir: Path, tmp: Path, calibration_images: int, batch: int) -> list[dict]:
+    """The run's best model on its validation split in every path: ACC, AUC, agreement with fp32."""
+    from pipelines.engine.metrics import official_acc, official_auc
+    from pipelines.models import load_model
+    from pipelines.runs import read_config
+    from pipelines.tasks import medmnist
+    from pipelines.transforms.augment import build_transform
+
+    cfg = read_config(run_dir)
+    if cfg["run"]["task"] != "medmnist":
+        raise SystemExit(f"--accuracy-run {run_dir}: a medmnist run is needed (this is {cfg['run']['task']})")
+    loaded = load_model(run_dir)
+    data = medmnist.load_data(cfg)
+    transform = build_transform("none", int(cfg["data"]["image_size"]))
+
+    def tensors(split: str, limit: int | None = None) -> torch.Tensor:
+        images = data.images[split][:limit]
+        images = np.repeat(images[..., None], 3, axis=3) if images.ndim == 3 else images
+        return torch.stack([transform(image=im)["image"] for im in images])
+
+    x_val, y_val = tensors("val"), data.labels["val"]
+    calibration = list(tensors("train", calibration_images).split(batch))
+    shape = tuple(x_val.shape[1:])
+    runs = path_runners(loaded.model, shape, tmp, "run", [c.numpy() for c in calibration])
+    probs = {p: torch.softmax(torch.from_numpy(np.concatenate([fn(b) for b in x_val.split(batch)])), 1).numpy()
+             for p, fn in runs.items()}
+    top1 = probs["fp32"].argmax(1)
+    rows = []
+    for p, pr in probs.items():
+        acc, auc = official_acc(y_val, pr, data.task), official_auc(y_val, pr, data.task)
+        rows.append({"run": str(run_dir), "backbone": loaded.spec.arch, "path": p, "n_val": len(y_val),
+                     "acc": round(acc, 4), "auc": round(auc, 4), "agreement_with_fp32": round(float(
+                         (pr.argmax(1) == top1).mean()), 4), "max_prob_change": round(float(
+                             np.abs(pr - probs["fp32"]).max()), 4)})
+        r = rows[-1]
+        print(f"{p:5s} val ACC {acc:.4f}  AUC {auc:.4f}  top-1 agreement with fp32 {r['agreement_with_fp32']:.4f}"
+              f"  largest probability change {r['max_prob_change']:.4f}", flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backbones", nargs="*", default=["*"], help="names or patterns; 'none' for no speed table")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16], help="batch sizes (default: 1 16)")
+    parser.add_argument("--size", type=int, default=224, help="input side (default: 224)")
+    parser.add_argument("--runs", type=int, default=5, help="timed rounds; the median is reported (default: 5)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default: 2)")
+    parser.add_argument("--accuracy-run", type=Path, help="a medmnist run folder: accuracy of each path on val")
+    parser.add_argument("--calibration-images", type=int, default=256, help="training images to calibrate int8 on")
+    parser.add_argument("--output", default="runs/benchmarks", help="folder for the CSVs (default: runs/benchmarks)")
+    args = parser.parse_args(argv)
+    if args.runs < 5:
+        parser.error("--runs must be at least 5")
+    names = [] if args.backbones == ["none"] else sorted({n for p in args.backbones for n in list_backbones(p)})
+    out = Path(args.output)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; CPU {cpu_features()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        if names:
+            rows = speed(names, args, Path(tmp))
+            write_rows(out / "precision_cpu.csv", rows)
+            for batch in args.batches:
+                ratios = [r["fastest_vs_fp32"] for r in rows if r["batch"] == batch]
+                print(f"batch {batch}: fastest path vs fp32, median x{statistics.median(ratios):.2f} "
+                      f"(x{min(ratios):.2f}-x{max(ratios):.2f}) over {len(ratios)} backbones")
+        if args.accuracy_run:
+            write_rows(out / "precision_accuracy.csv", accuracy(args.accuracy_run, Path(tmp),
+                                                                args.calibration_images, 64))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
