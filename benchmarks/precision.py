@@ -3,6 +3,7 @@
     python benchmarks/precision.py                                  # every backbone, batch 1 and 16, 224 px
     python benchmarks/precision.py --backbones 'efficientnet_*' --runs 7
     python benchmarks/precision.py --backbones none --accuracy-run runs/real_data/medmnist/breastmnist_pretrained
+    python benchmarks/precision.py --backbones none --training '*' unetplusplus:tu-tf_efficientnet_lite0
 
 Paths (all on the BatchNorm-fused model):
     fp32      PyTorch, channels-last: our float path (the reference)
@@ -15,8 +16,11 @@ Rounds interleave the paths so drift in machine load hits all of them alike; eac
 over ``--runs`` rounds after ``--warmup``. ``--accuracy-run`` (a medmnist run folder) scores the run's
 best model on its validation split in every path: the task's ACC and AUC and the top-1 agreement with fp32.
 
-Writes ``runs/benchmarks/precision_cpu.csv`` (one row per backbone and batch) and
-``runs/benchmarks/precision_accuracy.csv``.
+``--training`` times one training step (forward, backward, AdamW; channels-last) at fp32 and under bf16
+autocast: the measurements behind the registry's table of which families train faster in bf16.
+
+Writes ``runs/benchmarks/precision_cpu.csv`` (one row per backbone and batch),
+``runs/benchmarks/precision_training_cpu.csv`` and ``runs/benchmarks/precision_accuracy.csv``.
 """
 
 from __future__ import annotations
@@ -93,6 +97,44 @@ def speed(names: list[str], args, tmp: Path) -> list[dict]:
     return rows
 
 
+def training(names: list[str], args) -> list[dict]:
+    """Images per second of one training step (forward, backward, AdamW) at fp32 and under bf16 autocast,
+    channels-last as the runner trains; ``unetplusplus:<encoder>`` names a U-Net++ on that encoder."""
+    from pipelines.backbones import create_backbone
+    from pipelines.backbones.segmentation import create_segmenter
+
+    rows = []
+    for name in names:
+        if name.startswith("unetplusplus:"):
+            model, size, batch = create_segmenter(name.split(":", 1)[1], classes=1), 256, 8
+            target = torch.rand(batch, 1, size, size).round()
+            loss_fn = torch.nn.functional.binary_cross_entropy_with_logits
+        else:
+            size = check_backbone(name).input_size or args.train_size
+            model, batch = create_backbone(name, num_classes=10, img_size=size), args.train_batch
+            target = torch.randint(0, 10, (batch,))
+            loss_fn = torch.nn.functional.cross_entropy
+        model = model.train().to(memory_format=torch.channels_last)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+
+        def step(precision: str, model=model, optimizer=optimizer, x=x, target=target, loss_fn=loss_fn):
+            with precision_autocast(torch.device("cpu"), precision):
+                loss = loss_fn(model(x).float(), target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        img_s = measure({p: (lambda p=p: step(p)) for p in ("fp32", "bf16")}, batch, args.warmup, args.runs)
+        row = {"name": name, "batch": batch, "size": size, "threads": torch.get_num_threads(),
+               "train_img_s_fp32": round(img_s["fp32"], 2), "train_img_s_bf16": round(img_s["bf16"], 2),
+               "bf16_vs_fp32": round(img_s["bf16"] / img_s["fp32"], 3)}
+        rows.append(row)
+        print(f"train {name:28s} batch {batch:3d} {size} px  fp32 {img_s['fp32']:7.1f}  bf16 {img_s['bf16']:7.1f}  "
+              f"x{row['bf16_vs_fp32']:.2f}", flush=True)
+    return rows
+
+
 def accuracy(run_dir: Path, tmp: Path, calibration_images: int, batch: int) -> list[dict]:
     """The run's best model on its validation split in every path: ACC, AUC, agreement with fp32."""
     from pipelines.engine.metrics import official_acc, official_auc
@@ -140,6 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=224, help="input side (default: 224)")
     parser.add_argument("--runs", type=int, default=5, help="timed rounds; the median is reported (default: 5)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default: 2)")
+    parser.add_argument("--training", nargs="*", metavar="NAME",
+                        help="also time training steps, fp32 vs bf16, of these backbones (patterns) and "
+                             "'unetplusplus:<encoder>' segmenters")
+    parser.add_argument("--train-batch", type=int, default=32, help="training batch (default: 32)")
+    parser.add_argument("--train-size", type=int, default=128, help="training input side (default: 128)")
     parser.add_argument("--accuracy-run", type=Path, help="a medmnist run folder: accuracy of each path on val")
     parser.add_argument("--calibration-images", type=int, default=256, help="training images to calibrate int8 on")
     parser.add_argument("--output", default="runs/benchmarks", help="folder for the CSVs (default: runs/benchmarks)")
@@ -157,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
                 ratios = [r["fastest_vs_fp32"] for r in rows if r["batch"] == batch]
                 print(f"batch {batch}: fastest path vs fp32, median x{statistics.median(ratios):.2f} "
                       f"(x{min(ratios):.2f}-x{max(ratios):.2f}) over {len(ratios)} backbones")
+        if args.training:
+            trained = sorted({n for p in args.training if not p.startswith("unetplusplus:")
+                              for n in list_backbones(p)}) + [p for p in args.training if p.startswith("unetplusplus:")]
+            write_rows(out / "precision_training_cpu.csv", training(trained, args))
         if args.accuracy_run:
             write_rows(out / "precision_accuracy.csv", accuracy(args.accuracy_run, Path(tmp),
                                                                 args.calibration_images, 64))

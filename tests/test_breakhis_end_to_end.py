@@ -67,6 +67,7 @@ def test_demo_learns_and_writes_a_complete_run_folder(binary_run, breakhis_demo)
     assert cfg["data"]["root"] == str(breakhis_demo.resolve())
     env = json.loads((binary_run / "environment.json").read_text())
     assert env["packages"]["torch"] and env["device"] == "cpu"
+    assert {"bf16", "int8_dot", "amx", "isa"} <= set(env["cpu"])  # what eval.precision and train.amp can use
     state = torch.load(binary_run / "checkpoints" / "last_state.pt", weights_only=True)
     assert state["epoch"] == len(history)
 

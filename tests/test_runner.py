@@ -208,3 +208,37 @@ def test_a_last_batch_of_one_is_dropped_so_batch_norm_can_train(tmp_path):
     assert len(history) == 1
     even = ImageKind(_net(3), nn.CrossEntropyLoss(), Noisy(10, 0), 8, 0, 0, CPU, lambda model: {"loss": 0.0})
     assert even.steps_per_epoch() == 2  # a last batch of two is kept
+
+
+@pytest.mark.parametrize("amp, family_faster, native, expected", [
+    (True, True, True, torch.bfloat16), (True, False, True, None), (True, True, False, None),
+    (False, True, True, None)])
+def test_amp_on_a_cpu_trains_in_bf16_only_for_families_measured_faster(tmp_path, monkeypatch, amp, family_faster,
+                                                                         native, expected):
+    from pipelines.training import runner as runner_module
+
+    monkeypatch.setattr(runner_module, "bf16_native", lambda device: native)
+    seen = []
+
+    class Probe(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = _net(3)
+
+        def forward(self, x):
+            if self.training:  # what the training step runs under (validation is the evaluation's business)
+                seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+            return self.body(x)
+
+    kind = ClassifierKind(Probe(), nn.CrossEntropyLoss(), Noisy(16, 1), Noisy(6, 2), NAMES, 8, 0, 3, CPU, show=False)
+    Runner(kind, Settings(epochs=1, amp=amp, cpu_bf16=family_faster, schedule="constant"), tmp_path, CPU,
+           save=save_weights).fit()
+    assert seen and set(seen) == {expected}
+
+
+def test_the_registry_table_decides_bf16_training_by_name(monkeypatch):
+    from pipelines.backbones import registry
+
+    monkeypatch.setattr(registry, "BF16_TRAINING", (("efficientvit_*", True), ("*lite0", False), ("toc3d", True)))
+    assert registry.bf16_trains_faster("efficientvit_m5") and registry.bf16_trains_faster("toc3d")
+    assert not registry.bf16_trains_faster("tu-tf_efficientnet_lite0") and not registry.bf16_trains_faster("other")

@@ -20,7 +20,7 @@ from pipelines.core.errors import ConfigError
 
 __all__ = [
     "BackboneEntry", "FeatureInfo", "register_backbone", "create_backbone", "list_backbones", "backbone_entries",
-    "check_backbone", "head_prefixes",
+    "check_backbone", "head_prefixes", "BF16_TRAINING", "bf16_trains_faster",
 ]
 
 log = logging.getLogger(__name__)
@@ -140,6 +140,18 @@ def create_backbone(
         else:
             load_weights(model, weights, head_prefixes=head_prefixes(model))
     return model
+
+
+# Which models train faster under bf16 autocast than in fp32 on a CPU with native bf16 units (AVX-512 BF16 /
+# AMX): fnmatch patterns of backbone, encoder or model names, first match wins, anything else False. From
+# ``benchmarks/precision.py --training`` (table in benchmarks/README.md); ``train.amp`` on a CPU follows it.
+BF16_TRAINING: tuple[tuple[str, bool], ...] = ()
+
+
+def bf16_trains_faster(name: str) -> bool:
+    """Whether ``name`` (a backbone, a U-Net++ encoder such as ``tu-tf_efficientnet_lite0``, ``toc3d``) was
+    measured to train faster in bf16 than fp32 on a CPU (:data:`BF16_TRAINING`)."""
+    return next((faster for pattern, faster in BF16_TRAINING if fnmatch.fnmatch(name, pattern)), False)
 
 
 def head_prefixes(model: nn.Module) -> tuple[str, ...]:

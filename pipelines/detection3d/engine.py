@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipelines.backbones.registry import bf16_trains_faster
 from pipelines.core.device import Context
 from pipelines.detection3d.data import FrameLoader, make_clips, relative_pose
 from pipelines.detection3d.losses import denoising_queries, detection_loss
@@ -130,7 +131,7 @@ def fit(model: ToC3DDetector, loader: FrameLoader, train_scenes: Sequence[Sequen
     """Train into ``run_dir`` with the shared runner, selecting on val NDS (resuming from
     ``checkpoints/last_state.pt``); returns the epoch history."""
     kind = ToC3DKind(model, loader, train_scenes, val_scenes, classes, cfg, device)
-    settings = Settings.from_train(cfg["train"], monitor="nds")
+    settings = Settings.from_train(cfg["train"], monitor="nds", cpu_bf16=bf16_trains_faster("toc3d"))
     save = checkpoint_saver(detector_spec(cfg["model"], classes, cfg.get("run", {}).get("task", "toc3d")))
     return Runner(kind, settings, run_dir, Context(device), save=save, callbacks=callbacks, cfg=cfg).fit()
 

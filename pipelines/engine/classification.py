@@ -19,6 +19,7 @@ from torch import nn
 
 from pipelines.backbones import check_backbone, create_backbone, head_prefixes, load_weights
 from pipelines.backbones.packaged import packaged_weights
+from pipelines.backbones.registry import bf16_trains_faster
 from pipelines.backbones.weights import hub_download_errors
 from pipelines.core.device import Context
 from pipelines.core.errors import ConfigError, DataError
@@ -200,7 +201,8 @@ def train_classifier(data: LabelledImages, cfg: Mapping, run_dir: Path, ctx: Con
         amp=t["amp"], channels_last=t["channels_last"], fresh=fresh,
     )
     save = checkpoint_saver(classifier_spec_of(cfg, data.class_names))
-    return Runner(kind, Settings.from_train(t), run_dir, ctx, save=save, cfg=cfg).fit()
+    settings = Settings.from_train(t, cpu_bf16=bf16_trains_faster(cfg["model"]["backbone"]))
+    return Runner(kind, settings, run_dir, ctx, save=save, cfg=cfg).fit()
 
 
 def scoring_of(data: LabelledImages, cfg: Mapping) -> Scoring:

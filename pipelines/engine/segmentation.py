@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from pipelines.backbones.packaged import packaged_weights
+from pipelines.backbones.registry import bf16_trains_faster
 from pipelines.backbones.segmentation import check_encoder, create_segmenter, packaged_encoder
 from pipelines.backbones.weights import hub_download_errors
 from pipelines.core.device import Context
@@ -418,7 +419,8 @@ def train_segmenter(data: TileTable, cfg: Mapping, run_dir: Path, ctx: Context) 
     model, fresh = _build_model(cfg, 1 if not data.classes else len(data.classes))
     kind = ImageKind(model, loss, train_set, t["batch_size"], d["workers"], int(cfg["seed"]), ctx,
                      validate, target="mask", channels_last=bool(t["channels_last"]), fresh=fresh)
-    return Runner(kind, Settings.from_train(t), run_dir, ctx, save=checkpoint_saver(spec), cfg=cfg).fit()
+    settings = Settings.from_train(t, cpu_bf16=bf16_trains_faster(cfg["model"]["encoder"]))
+    return Runner(kind, settings, run_dir, ctx, save=checkpoint_saver(spec), cfg=cfg).fit()
 
 
 def evaluate_segmenter(data: TileTable, cfg: Mapping, run_dir: Path, ctx: Context,

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipelines.backbones.registry import bf16_trains_faster
 from pipelines.config import check_declared, load_defaults
 from pipelines.core.device import Context
 from pipelines.core.errors import ConfigError, DataError
@@ -149,7 +150,8 @@ def train(cfg: Mapping, run_dir: Path, ctx: Context, data: MedMNISTData | None =
         scorer=_scoring(data, cfg), multilabel=data.multilabel, amp=t["amp"],
         channels_last=t["channels_last"], fresh=fresh,
     )
-    Runner(kind, Settings.from_train(t), run_dir, ctx, save=checkpoint_saver(_spec(cfg, data)), cfg=cfg).fit()
+    settings = Settings.from_train(t, cpu_bf16=bf16_trains_faster(cfg["model"]["backbone"]))
+    Runner(kind, settings, run_dir, ctx, save=checkpoint_saver(_spec(cfg, data)), cfg=cfg).fit()
     if ctx.is_main:
         evaluate(cfg, run_dir, ctx, data)
 

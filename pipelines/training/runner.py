@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from pipelines.core.device import Context
 from pipelines.core.io import atomic_link, write_csv
+from pipelines.core.precision import bf16_native, precision_autocast
 from pipelines.engine.plots import plot_history
 from pipelines.runs.folder import BEST_NAME, HISTORY, LAST_NAME, STATE_NAME, TRAINING_CURVES
 from pipelines.training.data import autocast
@@ -71,6 +72,7 @@ class Settings:
     warmup_epochs: int = 0
     grad_clip: float = 0.0
     amp: bool = False
+    cpu_bf16: bool = False  # amp on a CPU: bf16 autocast, for model families measured to train faster in it
     patience: int | None = None
     monitor: str | None = "loss"
     schedule: str = "warmup_cosine"
@@ -85,6 +87,21 @@ class Settings:
     @property
     def lower_is_better(self) -> bool:
         return self.monitor == "loss"
+
+
+def _cpu_bf16(settings: Settings, device: torch.device) -> bool:
+    """Whether ``train.amp`` trains in bf16 on this CPU: only where the units are native and the model's family
+    was measured to train faster in bf16 (the registry's table); said once in the log either way."""
+    if device.type != "cpu" or not settings.amp:
+        return False
+    if not settings.cpu_bf16:
+        log.info("train.amp on CPU: fp32 (bf16 training was not measured faster for this model family)")
+        return False
+    if not bf16_native(device):
+        log.info("train.amp on CPU: fp32 (this processor has no native bfloat16 units)")
+        return False
+    log.info("train.amp on CPU: bf16 autocast (measured faster for this model family; benchmarks/README.md)")
+    return True
 
 
 class Runner:
@@ -125,6 +142,7 @@ class Runner:
         total = steps * settings.epochs
         warmup = warmup_steps(settings.warmup_epochs, settings.epochs, steps)
         self.schedulers = {k: build_scheduler(o, settings.schedule, warmup, total) for k, o in self.optimizers.items()}
+        self.mixed = settings.amp and (self.device.type == "cuda" or _cpu_bf16(settings, self.device))
         use_scaler = self.device.type == "cuda" and settings.amp and not torch.cuda.is_bf16_supported()
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
 
@@ -188,10 +206,10 @@ class Runner:
         count, carry = 0.0, None
         bar = tqdm(self.kind.batches(epoch), total=self.kind.steps_per_epoch(), leave=False,
                    desc=f"{self.desc} {epoch}/{self.s.epochs}", disable=not self.show or self.steps)
-        mixed = self.s.amp and self.device.type == "cuda"
         for batch in bar:
-            if mixed:
-                with autocast(self.device, True):
+            if self.mixed:  # CUDA: bf16 or fp16 with a scaler; a CPU: bf16
+                cuda = self.device.type == "cuda"
+                with autocast(self.device, True) if cuda else precision_autocast(self.device, "bf16"):
                     losses, carry = self.kind.step(self.net, batch, carry)
             else:
                 losses, carry = self.kind.step(self.net, batch, carry)
