@@ -19,7 +19,8 @@ from pipelines.core.errors import DataError
 from pipelines.runs.folder import ABLATION, CONFIG, HISTORY, METRICS_FILE, OVERLAYS, PREDICTIONS, TILES
 
 __all__ = [
-    "headline", "headline_union", "RunFileError", "load_config", "load_metrics", "read_history", "load_history", "load_predictions",
+    "headline", "headline_union", "RunFileError", "load_config", "load_metrics", "read_history", "load_history",
+    "load_predictions",
     "prediction_classes", "is_multilabel", "load_tiles", "overlay_paths", "load_ablation",
 ]
 
