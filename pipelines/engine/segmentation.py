@@ -419,8 +419,8 @@ def train_segmenter(data: TileTable, cfg: Mapping, run_dir: Path, ctx: Context) 
     model, fresh = _build_model(cfg, 1 if not data.classes else len(data.classes))
     kind = ImageKind(model, loss, train_set, t["batch_size"], d["workers"], int(cfg["seed"]), ctx,
                      validate, target="mask", channels_last=bool(t["channels_last"]), fresh=fresh)
-    settings = Settings.from_train(t, cpu_bf16=bf16_trains_faster(cfg["model"]["encoder"]))
-    return Runner(kind, settings, run_dir, ctx, save=checkpoint_saver(spec), cfg=cfg).fit()
+    schedule = Settings.from_train(t, cpu_bf16=bf16_trains_faster(cfg["model"]["encoder"]))
+    return Runner(kind, schedule, run_dir, ctx, save=checkpoint_saver(spec), cfg=cfg).fit()
 
 
 def evaluate_segmenter(data: TileTable, cfg: Mapping, run_dir: Path, ctx: Context,
