@@ -44,7 +44,8 @@ PATHS = ("fp32", "bf16", "onnx", "int8")
 
 
 def path_runners(model: torch.nn.Module, shape: tuple[int, int, int], tmp: Path, name: str,
-                 calibration: list[np.ndarray]) -> dict[str, Callable[[torch.Tensor], np.ndarray]]:
+                 calibration: list[np.ndarray], method: str = "percentile"
+                 ) -> dict[str, Callable[[torch.Tensor], np.ndarray]]:
     """One ``run(x) -> probabilities-ready logits (numpy)`` per path, all from the same fused model."""
     from pipelines.backbones.onnx_export import OnnxRunner, export_onnx
     from pipelines.backbones.quantize import quantize_onnx
@@ -61,7 +62,7 @@ def path_runners(model: torch.nn.Module, shape: tuple[int, int, int], tmp: Path,
 
     float_file, int8_file = tmp / f"{name}.onnx", tmp / f"{name}.int8.onnx"
     export_onnx(prepare_for_inference(model, fuse=True, channels_last=False), float_file, shape)
-    quantize_onnx(float_file, int8_file, calibration)
+    quantize_onnx(float_file, int8_file, calibration, method)
     onnx_float, onnx_int8 = OnnxRunner(float_file, threads), OnnxRunner(int8_file, threads)
     return {"fp32": torch_path("fp32"), "bf16": torch_path("bf16"),
             "onnx": lambda x: onnx_float(x.numpy()), "int8": lambda x: onnx_int8(x.numpy())}
@@ -135,7 +136,8 @@ def training(names: list[str], args) -> list[dict]:
     return rows
 
 
-def accuracy(run_dir: Path, tmp: Path, calibration_images: int, batch: int) -> list[dict]:
+def accuracy(run_dir: Path, tmp: Path, calibration_images: int, batch: int, method: str = "percentile"
+             ) -> list[dict]:
     """The run's best model on its validation split in every path: ACC, AUC, agreement with fp32."""
     from pipelines.engine.metrics import official_acc, official_auc
     from pipelines.models import load_model
@@ -158,14 +160,15 @@ def accuracy(run_dir: Path, tmp: Path, calibration_images: int, batch: int) -> l
     x_val, y_val = tensors("val"), data.labels["val"]
     calibration = list(tensors("train", calibration_images).split(batch))
     shape = tuple(x_val.shape[1:])
-    runs = path_runners(loaded.model, shape, tmp, "run", [c.numpy() for c in calibration])
+    runs = path_runners(loaded.model, shape, tmp, "run", [c.numpy() for c in calibration], method)
     probs = {p: torch.softmax(torch.from_numpy(np.concatenate([fn(b) for b in x_val.split(batch)])), 1).numpy()
              for p, fn in runs.items()}
     top1 = probs["fp32"].argmax(1)
     rows = []
     for p, pr in probs.items():
         acc, auc = official_acc(y_val, pr, data.task), official_auc(y_val, pr, data.task)
-        rows.append({"run": str(run_dir), "backbone": loaded.spec.arch, "path": p, "n_val": len(y_val),
+        rows.append({"run": str(run_dir), "backbone": loaded.spec.arch, "path": p, "calibration": method,
+                     "n_val": len(y_val),
                      "acc": round(acc, 4), "auc": round(auc, 4), "agreement_with_fp32": round(float(
                          (pr.argmax(1) == top1).mean()), 4), "max_prob_change": round(float(
                              np.abs(pr - probs["fp32"]).max()), 4)})
@@ -189,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-size", type=int, default=128, help="training input side (default: 128)")
     parser.add_argument("--accuracy-run", type=Path, help="a medmnist run folder: accuracy of each path on val")
     parser.add_argument("--calibration-images", type=int, default=256, help="training images to calibrate int8 on")
+    parser.add_argument("--calibration-method", default="percentile", choices=("minmax", "percentile"))
     parser.add_argument("--output", default="runs/benchmarks", help="folder for the CSVs (default: runs/benchmarks)")
     args = parser.parse_args(argv)
     if args.runs < 5:
@@ -210,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             write_rows(out / "precision_training_cpu.csv", training(trained, args))
         if args.accuracy_run:
             write_rows(out / "precision_accuracy.csv", accuracy(args.accuracy_run, Path(tmp),
-                                                                args.calibration_images, 64))
+                                                                args.calibration_images, 64, args.calibration_method))
     return 0
 
 

@@ -55,14 +55,16 @@ class _Batches:
 
 
 def quantize_onnx(model_path: str | Path, out_path: str | Path, calibration: Iterable[np.ndarray],
-                  method: str = "minmax") -> Path:
+                  method: str = "percentile") -> Path:
     """Write the int8 (QDQ) version of the float ONNX graph ``model_path`` to ``out_path`` (atomically).
 
     Args:
         calibration: float32 batches the model would see (already normalised), e.g. a few hundred
             validation images; their activation ranges set the quantization scales.
-        method: ``minmax`` (the observed ranges) or ``percentile`` (clips the outer 0.01%; better when
-            a few activations are extreme, slower to calibrate).
+        method: ``percentile`` (clips the outer 0.01% of each activation's values) or ``minmax`` (the
+            observed ranges). On BreastMNIST's validation split (Lite0 at 96 px) percentile kept AUC 0.905
+            against minmax's 0.861 (fp32 0.952): a few extreme activations stretch minmax's scales. Where
+            an activation never varies (the percentile histogram cannot be binned), min/max is used.
     """
     _require_onnx()
     import onnx
@@ -74,9 +76,20 @@ def quantize_onnx(model_path: str | Path, out_path: str | Path, calibration: Ite
     with tempfile.TemporaryDirectory() as tmp, _quiet_root(), atomic_path(out_path) as out:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(model_path), str(prepared), skip_symbolic_shape=True)  # shapes and fusions first
-        quantize_static(str(prepared), str(out), _Batches(name, calibration), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-                        calibrate_method=methods[method])
+        batches = list(calibration)  # a second pass may be needed
+
+        def quantize(how: str) -> None:
+            quantize_static(str(prepared), str(out), _Batches(name, batches), quant_format=QuantFormat.QDQ,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+                            calibrate_method=methods[how])
+
+        try:
+            quantize(method)
+        except ValueError as exc:  # the percentile histogram cannot bin an activation that never varies
+            if method == "minmax":
+                raise
+            log.info("percentile calibration failed (%s); calibrating on min/max ranges", str(exc).splitlines()[0])
+            quantize("minmax")
     return Path(out_path)
 
 
