@@ -44,7 +44,7 @@ PATHS = ("fp32", "bf16", "onnx", "int8")
 
 
 def path_runners(model: torch.nn.Module, shape: tuple[int, int, int], tmp: Path, name: str,
-                 calibration: list[np.ndarray], method: str = "percentile"
+                 calibration: list[np.ndarray], method: str = "minmax"
                  ) -> dict[str, Callable[[torch.Tensor], np.ndarray]]:
     """One ``run(x) -> probabilities-ready logits (numpy)`` per path, all from the same fused model."""
     from pipelines.backbones.onnx_export import OnnxRunner, export_onnx
@@ -136,7 +136,7 @@ def training(names: list[str], args) -> list[dict]:
     return rows
 
 
-def accuracy(run_dir: Path, tmp: Path, calibration_images: int, batch: int, method: str = "percentile"
+def accuracy(run_dir: Path, tmp: Path, calibration_images: int, batch: int, method: str = "minmax"
              ) -> list[dict]:
     """The run's best model on its validation split in every path: ACC, AUC, agreement with fp32."""
     from pipelines.engine.metrics import official_acc, official_auc
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-size", type=int, default=128, help="training input side (default: 128)")
     parser.add_argument("--accuracy-run", type=Path, help="a medmnist run folder: accuracy of each path on val")
     parser.add_argument("--calibration-images", type=int, default=256, help="training images to calibrate int8 on")
-    parser.add_argument("--calibration-method", default="percentile", choices=("minmax", "percentile"))
+    parser.add_argument("--calibration-method", default="minmax", choices=("minmax", "percentile"))
     parser.add_argument("--output", default="runs/benchmarks", help="folder for the CSVs (default: runs/benchmarks)")
     args = parser.parse_args(argv)
     if args.runs < 5:
