@@ -108,3 +108,19 @@ def test_tiling_precision_follows_the_runs_check_and_refuses_int8(tmp_path):
         _tile_precision("int8", weights)
     with pytest.raises(ConfigError, match="bad value for '--precision'"):
         _tile_precision("half", weights)
+
+
+@pytest.mark.parametrize("name", ["efficientvim_m1", "medvitv2_tiny", "efficientvit_m0", "tiny_vit_5m",
+                                  "efficientformerv2_s0", "mobilenetv3_large_100"])
+def test_every_family_runs_under_bf16_autocast_and_keeps_its_outputs(name):
+    from pipelines.backbones import create_backbone
+
+    torch.manual_seed(0)
+    model = create_backbone(name, num_classes=5, img_size=64).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        with precision_autocast(torch.device("cpu"), "bf16"):  # runs even without native units (emulated)
+            out = model(x).float()
+    assert out.shape == ref.shape and torch.isfinite(out).all()
+    assert (out - ref).abs().max() <= 0.1 * ref.abs().max() + 1e-3

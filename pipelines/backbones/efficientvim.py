@@ -141,12 +141,16 @@ class EfficientViMBlock(nn.Module):
         self.alpha = nn.Parameter(torch.full((4, dim), 1e-4))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        g = torch.sigmoid(self.alpha).view(4, 1, -1, 1, 1)
-        x = torch.lerp(x, self.dwconv1(x), g[0])
+        g = torch.sigmoid(self.alpha).view(4, 1, -1, 1, 1).to(x.dtype)
+
+        def blend(new: torch.Tensor, i: int) -> torch.Tensor:  # lerp takes one dtype; autocast mixes bf16 in
+            return torch.lerp(x, new.to(x.dtype), g[i])
+
+        x = blend(self.dwconv1(x), 0)
         y, h = self.mixer(self.norm(x.flatten(2)), x.shape[2:])
-        x = torch.lerp(x, y, g[1])
-        x = torch.lerp(x, self.dwconv2(x), g[2])
-        x = torch.lerp(x, self.ffn(x), g[3])
+        x = blend(y, 1)
+        x = blend(self.dwconv2(x), 2)
+        x = blend(self.ffn(x), 3)
         return x, h
 
 
