@@ -38,6 +38,7 @@ from backbones import build, measure, write_rows
 
 from pipelines.backbones import check_backbone, list_backbones
 from pipelines.backbones.inference import prepare_for_inference
+from pipelines.core.errors import PipelinesError
 from pipelines.core.precision import cpu_features, precision_autocast
 
 PATHS = ("fp32", "bf16", "onnx", "int8")
@@ -78,7 +79,7 @@ def speed(names: list[str], args, tmp: Path) -> list[dict]:
     for name in names:
         try:
             rows += _speed(name, args, tmp)
-        except RuntimeError as exc:  # a path this model cannot take: said, and the others measured
+        except (RuntimeError, PipelinesError) as exc:  # a path this model cannot take: said, the others measured
             print(f"{name:24s} FAILED: {str(exc).splitlines()[0]}", flush=True)
     return rows
 
@@ -135,7 +136,11 @@ def training(names: list[str], args) -> list[dict]:
             loss.backward()
             optimizer.step()
 
-        img_s = measure({p: (lambda p=p: step(p)) for p in ("fp32", "bf16")}, batch, args.warmup, args.runs)
+        try:
+            img_s = measure({p: (lambda p=p: step(p)) for p in ("fp32", "bf16")}, batch, args.warmup, args.runs)
+        except RuntimeError as exc:  # an operator without a bf16 backward: this model cannot train in bf16
+            print(f"train {name:28s} FAILED in bf16: {str(exc).splitlines()[0]}", flush=True)
+            continue
         row = {"name": name, "batch": batch, "size": size, "threads": torch.get_num_threads(),
                "train_img_s_fp32": round(img_s["fp32"], 2), "train_img_s_bf16": round(img_s["bf16"], 2),
                "bf16_vs_fp32": round(img_s["bf16"] / img_s["fp32"], 3)}
