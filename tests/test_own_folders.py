@@ -11,7 +11,7 @@ from PIL import Image
 from pipelines.core.errors import DataError
 from pipelines.datasets.folders import read_class_folders, read_groups, read_pair_folders, split_rows
 from pipelines.datasets.folders_demo import write_demo_classes
-from pipelines.engine.segmentation import THRESHOLDS
+from pipelines.engine.segmentation_eval import THRESHOLDS
 from pipelines.models import read_spec
 from pipelines.tasks import get_task
 from tests.test_cli import assert_one_line_error, run_cli
@@ -195,15 +195,16 @@ def test_segment_learns_its_demo_beyond_chance(tmp_path, capsys):
 
 
 def test_threshold_is_the_best_pooled_dice_of_the_validation_images(monkeypatch):
-    from pipelines.engine import segmentation
-    from pipelines.engine.segmentation import Tile, choose_threshold
+    from pipelines.engine import segmentation_eval
+    from pipelines.engine.segmentation import Tile
+    from pipelines.engine.segmentation_eval import choose_threshold
 
     # two images: 4 target pixels at p 0.32 and 0.8 (two each), 4 background at 0.2 and 0.6 (two each)
     probs = [np.array([[0.32, 0.32, 0.2, 0.2]]), np.array([[0.8, 0.8, 0.6, 0.6]])]
     truth = [np.array([[1, 1, 0, 0]], np.uint8), np.array([[1, 1, 0, 0]], np.uint8)]
     tiles = [Tile(str(i), np.zeros((1, 4, 3), np.uint8), t, np.ones_like(t, bool)) for i, t in enumerate(truth)]
     stream = iter(probs)
-    monkeypatch.setattr(segmentation, "predict_tile", lambda *a, **k: next(stream)[None])
+    monkeypatch.setattr(segmentation_eval, "predict_tile", lambda *a, **k: next(stream)[None])
     e = {"tile": 32, "overlap": 0, "batch_size": 1}
     chosen, dice = choose_threshold(None, tiles, e, "cpu")
     # cuts 0.25 and 0.3: tp 4, fp 2 -> Dice 8/10 (the tie goes nearer 0.5); 0.35: tp 2, fp 2, fn 2 -> 4/8;

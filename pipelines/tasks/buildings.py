@@ -18,8 +18,9 @@ from pipelines.core.device import Context
 from pipelines.datasets.massachusetts import read_massachusetts, read_pair
 from pipelines.datasets.massachusetts_demo import write_demo_massachusetts
 from pipelines.engine.classification import selected_epoch
-from pipelines.engine.segmentation import TileTable, check_segmenter_config, evaluate_segmenter, train_segmenter
-from pipelines.engine.segmentation import summary_lines as summary_lines  # the task's headline
+from pipelines.engine.segmentation import TileTable, check_segmenter_config, train_segmenter
+from pipelines.engine.segmentation_eval import evaluate_segmenter
+from pipelines.engine.segmentation_eval import summary_lines as summary_lines  # the task's headline
 from pipelines.runs import TILES
 from pipelines.runs.folder import SPLIT, read_split, write_split
 

@@ -27,8 +27,9 @@ from pipelines.core.images import image_size, read_binary_mask, read_class_mask,
 from pipelines.datasets.folders import check_groups_option, group_rows, read_pair_folders, split_rows
 from pipelines.datasets.folders_demo import write_demo_pairs
 from pipelines.engine.classification import selected_epoch
-from pipelines.engine.segmentation import TileTable, check_segmenter_config, evaluate_segmenter, train_segmenter
-from pipelines.engine.segmentation import summary_lines as summary_lines  # the task's headline
+from pipelines.engine.segmentation import TileTable, check_segmenter_config, train_segmenter
+from pipelines.engine.segmentation_eval import evaluate_segmenter
+from pipelines.engine.segmentation_eval import summary_lines as summary_lines  # the task's headline
 from pipelines.runs import TILES
 from pipelines.runs.folder import SPLIT, read_split, write_split
 
