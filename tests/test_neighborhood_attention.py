@@ -104,3 +104,20 @@ def test_module_matches_natten_parameter_layout_and_trains():
     assert out.shape == x.shape
     out.sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in layer.parameters())
+
+
+def test_mixed_dtypes_backward_in_their_input_dtypes():
+    """Under bf16 autocast the projections are bfloat16 while the float32 position bias makes the attention
+    weights float32; the backward (outside autocast) must accept the mix and return each gradient in its
+    input's dtype, close to the float32 gradient. (MedViTV2 could not train in bf16 before.)"""
+    torch.manual_seed(3)
+    q, k, v = (torch.randn(1, 2, 8, 8, 16, requires_grad=True) for _ in range(3))
+    rpb = torch.randn(2, 5, 5) * 0.1
+    ref = torch.autograd.grad(neighborhood_attention(q, k, v, 3, rpb=rpb).square().sum(), (q, k, v))
+    low = [t.detach().bfloat16().requires_grad_() for t in (q, k, v)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = neighborhood_attention(*low, 3, rpb=rpb)
+    grads = torch.autograd.grad(out.float().square().sum(), low)
+    for g, r, t in zip(grads, ref, low, strict=True):
+        assert g.dtype == t.dtype
+        assert (g.float() - r).abs().max() < 0.05 * r.abs().max()

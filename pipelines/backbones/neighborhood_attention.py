@@ -18,6 +18,7 @@ attention weights plus ``O(N d)`` per chunk, and the backward pass scatters grad
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -74,6 +75,18 @@ def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.index_select(2, index.reshape(-1)).view(b, h, *index.shape, d)
 
 
+def _common_dtype(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """The backward's operands in one dtype: under bf16 autocast the forward mixes float32 (softmax) and
+    bfloat16 (projections) inputs, and the backward runs outside autocast, where einsum and index_add_
+    refuse mixed dtypes."""
+    dtype = functools.reduce(torch.promote_types, (t.dtype for t in tensors))
+    return [t.to(dtype) for t in tensors]
+
+
+def _as(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+    return None if grad is None else grad.to(like.dtype)
+
+
 class _WindowScores(torch.autograd.Function):
     """logits[..., n, t] = q[..., n, :] . k[..., idx[n, t], :]"""
 
@@ -88,7 +101,8 @@ class _WindowScores(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        q, k, idx = ctx.saved_tensors
+        q_in, k_in, idx = ctx.saved_tensors
+        grad, q, k = _common_dtype(grad, q_in, k_in)
         dq = torch.zeros_like(q) if ctx.needs_input_grad[0] else None
         dk = torch.zeros_like(k) if ctx.needs_input_grad[1] else None
         b, h, _n, d = q.shape
@@ -99,7 +113,7 @@ class _WindowScores(torch.autograd.Function):
             if dk is not None:
                 contrib = g[..., None] * q[:, :, :, None, :]
                 dk.index_add_(2, idx[:, c].reshape(-1), contrib.reshape(b, h, -1, d))
-        return dq, dk, None, None
+        return _as(dq, q_in), _as(dk, k_in), None, None
 
 
 class _WindowMix(torch.autograd.Function):
@@ -116,7 +130,8 @@ class _WindowMix(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        attn, v, idx = ctx.saved_tensors
+        attn_in, v_in, idx = ctx.saved_tensors
+        grad, attn, v = _common_dtype(grad, attn_in, v_in)
         dattn = torch.empty_like(attn) if ctx.needs_input_grad[0] else None
         dv = torch.zeros_like(v) if ctx.needs_input_grad[1] else None
         b, h, _n, d = v.shape
@@ -126,7 +141,7 @@ class _WindowMix(torch.autograd.Function):
             if dv is not None:
                 contrib = attn[..., c, None] * grad[:, :, :, None, :]
                 dv.index_add_(2, idx[:, c].reshape(-1), contrib.reshape(b, h, -1, d))
-        return dattn, dv, None, None
+        return _as(dattn, attn_in), _as(dv, v_in), None, None
 
 
 def _bias(rpb: torch.Tensor | None, bias_idx: torch.Tensor) -> torch.Tensor | None:
