@@ -4,6 +4,7 @@
     python benchmarks/precision.py --backbones 'efficientnet_*' --runs 7
     python benchmarks/precision.py --backbones none --accuracy-run runs/real_data/medmnist/breastmnist_pretrained
     python benchmarks/precision.py --backbones none --training '*' unetplusplus:tu-tf_efficientnet_lite0
+    python benchmarks/precision.py --backbones none --tiling runs/buildings/<run>/checkpoints/best.safetensors
 
 Paths (all on the BatchNorm-fused model):
     fp32      PyTorch, channels-last: our float path (the reference)
@@ -19,8 +20,13 @@ best model on its validation split in every path: the task's ACC and AUC and the
 ``--training`` times one training step (forward, backward, AdamW; channels-last) at fp32 and under bf16
 autocast: the measurements behind the registry's table of which families train faster in bf16.
 
+``--tiling WEIGHTS`` runs ``pipelines tile`` (in process, torch's threads) with a trained segmenter on a
+synthetic aerial-like GeoTIFF of ``--tile-raster`` px, at fp32 and bf16 in alternating rounds: megapixels
+per second and the share of mask pixels on which the two agree.
+
 Writes ``runs/benchmarks/precision_cpu.csv`` (one row per backbone and batch),
-``runs/benchmarks/precision_training_cpu.csv`` and ``runs/benchmarks/precision_accuracy.csv``.
+``runs/benchmarks/precision_training_cpu.csv``, ``runs/benchmarks/precision_accuracy.csv`` and
+``runs/benchmarks/precision_tiling_cpu.csv``.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import argparse
 import statistics
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -192,6 +199,43 @@ def accuracy(run_dir: Path, tmp: Path, calibration_images: int, batch: int, meth
     return rows
 
 
+def tiling(weights: Path, args, tmp: Path) -> list[dict]:
+    """``pipelines tile`` megapixels per second at fp32 and bf16 (rounds alternate), and their mask agreement."""
+    import rasterio
+    from tiling import write_raster  # benchmarks/tiling.py: the same synthetic rasters
+
+    from pipelines.tiling import TileOptions, run_job
+
+    raster = tmp / f"synthetic_{args.tile_raster}.tif"
+    write_raster(raster, args.tile_raster)
+    times: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    masks = {}
+    for r in range(args.runs + 1):  # round 0 warms up
+        for precision in times:
+            out = tmp / f"tile_{precision}_{r}"
+            tic = time.perf_counter()
+            summary = run_job(TileOptions(model=str(weights), inputs=[str(raster)], output=str(out), workers=0,
+                                          precision=precision))
+            seconds = time.perf_counter() - tic
+            if summary.failed:
+                raise PipelinesError(f"pipelines tile failed: {summary.failed}")
+            if r:
+                times[precision].append(seconds)
+            if r == 1:
+                with rasterio.open(out / f"{raster.stem}.tif") as ds:
+                    masks[precision] = ds.read()
+            print(f"  tile {args.tile_raster}^2 {precision} round {r}: {seconds:6.1f} s", flush=True)
+    mp = args.tile_raster ** 2 / 1e6
+    speed = {p: mp / statistics.median(t) for p, t in times.items()}
+    agreement = float((masks["fp32"] == masks["bf16"]).mean())
+    row = {"weights": str(weights), "raster": args.tile_raster, "runs": args.runs, "threads": torch.get_num_threads(),
+           "mp_s_fp32": round(speed["fp32"], 4), "mp_s_bf16": round(speed["bf16"], 4),
+           "bf16_vs_fp32": round(speed["bf16"] / speed["fp32"], 3), "mask_agreement": round(agreement, 6)}
+    print(f"tile {args.tile_raster}^2: fp32 {speed['fp32']:.3f} MP/s, bf16 {speed['bf16']:.3f} MP/s, "
+          f"x{row['bf16_vs_fp32']:.2f}; masks agree on {agreement:.4%} of pixels", flush=True)
+    return [row]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbones", nargs="*", default=["*"], help="names or patterns; 'none' for no speed table")
@@ -207,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accuracy-run", type=Path, help="a medmnist run folder: accuracy of each path on val")
     parser.add_argument("--calibration-images", type=int, default=256, help="training images to calibrate int8 on")
     parser.add_argument("--calibration-method", default="minmax", choices=("minmax", "percentile"))
+    parser.add_argument("--tiling", type=Path, metavar="WEIGHTS",
+                        help="a trained segmenter (.safetensors): pipelines tile throughput at fp32 and bf16")
+    parser.add_argument("--tile-raster", type=int, default=2048, help="raster side for --tiling (default: 2048)")
     parser.add_argument("--output", default="runs/benchmarks", help="folder for the CSVs (default: runs/benchmarks)")
     args = parser.parse_args(argv)
     if args.runs < 5:
@@ -229,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.accuracy_run:
             write_rows(out / "precision_accuracy.csv", accuracy(args.accuracy_run, Path(tmp),
                                                                 args.calibration_images, 64, args.calibration_method))
+        if args.tiling:
+            write_rows(out / "precision_tiling_cpu.csv", tiling(args.tiling, args, Path(tmp)))
     return 0
 
 

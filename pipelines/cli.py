@@ -275,8 +275,8 @@ def cmd_eval(args) -> int:
         from pipelines.core.precision import check_precision
 
         if "precision" not in cfg.get("eval", {}):
-            raise ConfigError(f"{cfg['run']['task']} runs have no eval.precision; --precision is for classification "
-                              "and segmentation runs")
+            raise ConfigError(f"{run_dir} has no eval.precision in its config.yaml (made before the setting "
+                              "existed); add 'precision: fp32' under eval: there, or train it again")
         cfg["eval"]["precision"] = check_precision(args.precision, "--precision")
     if args.data_root:
         cfg["data"]["root"] = str(Path(args.data_root).expanduser().resolve())

@@ -169,3 +169,13 @@ def test_demo_ensemble_learns_and_reports_baseline_against_extended(tmp_path):
     again = json.loads((run / "metrics.json").read_text())
     assert again["test"]["macro_f1"] == pytest.approx(test["macro_f1"])
     assert again["comparison"] == metrics["comparison"]
+
+    # the served (final) ensemble at the fastest path checked on val; int8 quantizes it as one graph
+    assert info["precision"] == {"chosen": "fp32", "by": "eval.precision=fp32", "device": "cpu"}
+    assert main(["eval", str(run), "--device", "cpu", "--precision", "auto"]) == 0
+    checked = json.loads((run / "metrics.json").read_text())["info"]["precision"]
+    paths = checked["paths"]
+    assert {"fp32", "int8"} <= set(paths) and paths["fp32"]["val_macro_f1"] == pytest.approx(
+        again["stages"]["synthetic"]["ensemble"]["val"]["macro_f1"])
+    assert paths[checked["chosen"]]["accepted"]
+    assert (run / "precision" / "model.int8.onnx").is_file() == (checked["chosen"] == "int8")

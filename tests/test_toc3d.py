@@ -70,6 +70,50 @@ def test_eval_recomputes_metrics_from_the_run_folder(demo_run):
     assert after["nds"] == pytest.approx(before["nds"], abs=1e-9)
 
 
+@pytest.mark.slow
+def test_eval_at_bf16_adds_the_ablation_at_bf16_beside_fp32(demo_run):
+    """The ablation at the chosen precision, timed interleaved with fp32 (runs after the fp32 eval test: it
+    rewrites the run's config)."""
+    import torch
+
+    from pipelines.core.precision import bf16_native
+
+    assert main(["eval", str(demo_run), "--device", "cpu", "--precision", "bf16"]) == 0
+    metrics = json.loads((demo_run / "metrics.json").read_text())
+    table = pd.read_csv(demo_run / "ablation.csv")
+    if not bf16_native(torch.device("cpu")):
+        assert metrics["info"]["precision"]["chosen"] == "fp32" and set(table["precision"]) == {"fp32"}
+        return
+    assert metrics["info"]["precision"] == {"chosen": "bf16", "by": "eval.precision=bf16", "device": "cpu"}
+    assert list(table["precision"]) == ["fp32"] * 4 + ["bf16"] * 4
+    assert table["setting"].iloc[4] == "no compression bf16" and table["backbone_change"].iloc[4] == 0.0
+    fp32, bf16 = table.iloc[:4].reset_index(), table.iloc[4:].reset_index()
+    assert (bf16["backbone_vs_fp32"] == bf16["backbone_ms"] / fp32["backbone_ms"]).all()
+    assert (table.iloc[:4]["backbone_vs_fp32"] == 1.0).all()
+    # the same detector in bf16 finds about the same boxes (NDS within 3 points on the demo's test scene)
+    assert (bf16["nds"] - fp32["nds"]).abs().max() < 0.03, table
+
+
+@pytest.mark.slow
+def test_eval_at_auto_checks_bf16_on_validation(demo_run):
+    assert main(["eval", str(demo_run), "--device", "cpu", "--precision", "auto"]) == 0
+    table = json.loads((demo_run / "metrics.json").read_text())["info"]["precision"]
+    paths = table["paths"]
+    assert paths["fp32"]["accepted"] and paths["fp32"]["speedup"] == 1.0 and table["chosen"] in paths
+    for name, p in paths.items():
+        assert "val_nds" in p or not p["accepted"]
+        if name != "fp32" and "val_nds" in p:
+            assert p["accepted"] == (paths["fp32"]["val_nds"] - p["val_nds"] <= 0.005 and p["speedup"] > 1)
+    assert set(pd.read_csv(demo_run / "ablation.csv")["precision"]) == {"fp32", table["chosen"]}
+
+
+def test_int8_is_refused_for_the_detector_in_one_line():
+    cfg = toc3d.defaults()
+    cfg["eval"]["precision"] = "int8"
+    with pytest.raises(ConfigError, match=r"eval\.precision.*fp32, bf16"):
+        toc3d.validate(cfg)
+
+
 def test_bad_keep_ratios_are_a_one_line_config_error():
     cfg = toc3d.defaults()
     cfg["model"]["keep_ratios"] = [0.5, 0.4]

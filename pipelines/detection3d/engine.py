@@ -23,6 +23,7 @@ import torch
 
 from pipelines.backbones.registry import bf16_trains_faster
 from pipelines.core.device import Context
+from pipelines.core.precision import bf16_native, cpu_features, precision_autocast
 from pipelines.detection3d.data import FrameLoader, make_clips, relative_pose
 from pipelines.detection3d.losses import denoising_queries, detection_loss
 from pipelines.detection3d.metrics import detection_metrics, filter_by_range, present_classes
@@ -31,31 +32,44 @@ from pipelines.detection3d.toc3d_vit import kept_share, token_selection_loss
 from pipelines.models import checkpoint_saver, detector_spec
 from pipelines.training import Runner, Settings
 
-__all__ = ["fit", "ToC3DKind", "predict_scenes", "score", "latency", "Setting", "ablation_settings"]
+__all__ = ["fit", "ToC3DKind", "predict_scenes", "score", "latency", "Setting", "ablation_settings",
+           "check_precisions"]
 
 log = logging.getLogger(__name__)
 
 
 class Setting:
-    """One way to run the backbone at evaluation: no compression, learned scoring or random scoring."""
+    """One way to run the detector at evaluation: no compression, learned scoring or random scoring, at an
+    inference precision (fp32, or bf16 autocast; resolved, see :func:`pipelines.core.precision.resolve_precision`)."""
 
-    def __init__(self, keep_ratios: Sequence[float] | None, scoring: str = "learned"):
+    def __init__(self, keep_ratios: Sequence[float] | None, scoring: str = "learned", precision: str = "fp32"):
         self.keep_ratios = tuple(float(r) for r in keep_ratios) if keep_ratios else None
         self.scoring = scoring
+        self.precision = precision
 
     @property
     def name(self) -> str:
+        suffix = "" if self.precision == "fp32" else f" {self.precision}"
         if self.keep_ratios is None:
-            return "no compression"
+            return "no compression" + suffix
         ratios = "[" + ", ".join(f"{r:g}" for r in self.keep_ratios) + "]"
-        return f"{self.scoring} {ratios}"
+        return f"{self.scoring} {ratios}{suffix}"
 
     def kwargs(self) -> dict:
         return {"keep_ratios": self.keep_ratios, "scoring": self.scoring}
 
+    def at(self, precision: str) -> Setting:
+        return Setting(self.keep_ratios, self.scoring, precision)
 
-def ablation_settings(ratio_sets: Sequence[Sequence[float]], random_ratios: Sequence[float]) -> list[Setting]:
-    return [Setting(None), *(Setting(r) for r in ratio_sets), Setting(random_ratios, "random")]
+    def autocast(self, device: torch.device):
+        return precision_autocast(device, self.precision)
+
+
+def ablation_settings(ratio_sets: Sequence[Sequence[float]], random_ratios: Sequence[float],
+                      precisions: Sequence[str] = ("fp32",)) -> list[Setting]:
+    """No compression, each learned setting and the random control, at each precision (in that order)."""
+    base = [Setting(None), *(Setting(r) for r in ratio_sets), Setting(random_ratios, "random")]
+    return [s.at(p) for p in dict.fromkeys(precisions) for s in base]
 
 
 def _frame_step(model: ToC3DDetector, batch, memory, prev_ego2global, setting: Mapping, denoising=None):
@@ -147,7 +161,8 @@ def predict_scenes(model: ToC3DDetector, loader: FrameLoader, scenes: Sequence[S
         memory, prev = None, None
         for frame in frames:
             batch = loader.batch([frame]).to(device)
-            out, feats, memory = _frame_step(model, batch, memory, prev, setting.kwargs())
+            with setting.autocast(device):
+                out, feats, memory = _frame_step(model, batch, memory, prev, setting.kwargs())
             prev = batch.ego2global.numpy()
             pred = decode(out, max_boxes)[0]
             boxes[frame.token] = to_eval_boxes(pred, frame.ego2global, classes)
@@ -195,18 +210,63 @@ def latency(model: ToC3DDetector, loader: FrameLoader, frames: Sequence, setting
                 prev = pb.ego2global.numpy()
             batch = loader.batch([frame]).to(device)
             for s in settings:
-                propagated = model.head.propagate(memory, None if prev is None else torch.from_numpy(
-                    relative_pose(prev[0], batch.ego2global[0].numpy()))[None].float().to(device),
-                    batch.timestamp.to(device))
-                history = None if propagated is None else propagated.history().expand(batch.images.shape[1], -1, -1)
-                sync()
-                tic = time.perf_counter()
-                model.backbone(batch.images.flatten(0, 1), history=history, **s.kwargs())
-                sync()
-                mid = time.perf_counter()
-                _frame_step(model, batch, memory, prev, s.kwargs())
-                sync()
+                with s.autocast(device):
+                    propagated = model.head.propagate(memory, None if prev is None else torch.from_numpy(
+                        relative_pose(prev[0], batch.ego2global[0].numpy()))[None].float().to(device),
+                        batch.timestamp.to(device))
+                    history = None if propagated is None else \
+                        propagated.history().expand(batch.images.shape[1], -1, -1)
+                    sync()
+                    tic = time.perf_counter()
+                    model.backbone(batch.images.flatten(0, 1), history=history, **s.kwargs())
+                    sync()
+                    mid = time.perf_counter()
+                    _frame_step(model, batch, memory, prev, s.kwargs())
+                    sync()
                 if r:
                     times[s.name]["backbone"].append((mid - tic) * 1000)
                     times[s.name]["model"].append((time.perf_counter() - mid) * 1000)
     return {name: {k: statistics.median(v) for k, v in t.items()} for name, t in times.items()}
+
+
+def check_precisions(model: ToC3DDetector, loader: FrameLoader, scenes: Sequence[Sequence], classes: Sequence[str],
+                     device: torch.device, setting: Setting, max_boxes: int, tolerance: float,
+                     frames: int, repeats: int) -> tuple[str, dict, dict]:
+    """``eval.precision=auto`` for a detector: ``setting`` on the validation ``scenes`` at fp32 and, where the
+    device computes it natively, bf16; bf16 is used when it loses at most ``tolerance`` of fp32's val NDS
+    (over the classes present) and its backbone is faster. int8 is not a candidate: the compressed stages
+    gather a data-dependent number of tokens, which a static quantized graph cannot hold.
+
+    Returns the chosen precision, its validation prediction (not run twice) and metrics.json's ``precision``."""
+    candidates = ["fp32", *(["bf16"] if bf16_native(device) else [])]
+    timed = latency(model, loader, scenes[0][: max(1, frames)], [setting.at(p) for p in candidates], device, repeats)
+    paths, predictions = {}, {}
+    for name in candidates:
+        try:
+            predictions[name] = predict_scenes(model, loader, scenes, classes, device, setting.at(name), max_boxes)
+        except RuntimeError as exc:  # an operator without this precision's kernel
+            paths[name] = {"accepted": False, "why": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
+            continue
+        nds = score(predictions[name], classes)["present"]["nds"]
+        ms = timed[setting.at(name).name]["backbone"]
+        paths[name] = {"val_nds": nds, "backbone_ms": round(ms, 2), "model_ms": round(timed[setting.at(name).name]
+                       ["model"], 2), "accepted": True}
+    ref = paths["fp32"]
+    for name, p in paths.items():
+        if name == "fp32" or not p["accepted"]:
+            continue
+        p["speedup"] = round(ref["backbone_ms"] / p["backbone_ms"], 3)
+        lost = ref["val_nds"] - p["val_nds"]
+        if lost > tolerance:
+            p.update(accepted=False, why=f"loses {lost:.4f} val NDS (tolerance {tolerance})")
+        elif p["speedup"] <= 1:
+            p.update(accepted=False, why="its backbone is not faster than fp32's here")
+    ref["speedup"] = 1.0
+    chosen = min((n for n, p in paths.items() if p["accepted"]), key=lambda n: paths[n]["backbone_ms"])
+    log.info("precision: %s (%s)", chosen, "; ".join(
+        f"{n} backbone {p['backbone_ms']} ms" + ("" if p["accepted"] else " refused") for n, p in paths.items()
+        if "backbone_ms" in p))
+    table = {"chosen": chosen, "by": f"fastest backbone within {tolerance} of fp32's val NDS (classes present), "
+                                     f"at keep ratios {setting.name}",
+             "device": device.type, "paths": paths, "cpu": cpu_features()}
+    return chosen, predictions[chosen], table

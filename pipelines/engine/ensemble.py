@@ -19,10 +19,13 @@ import torch
 
 from pipelines.core.device import Context
 from pipelines.engine.classification import LabelledImages, classifier_spec_of, load_best_model, train_classifier
+from pipelines.engine.precision import classifier_probabilities
+from pipelines.models import SoftVote
 from pipelines.runs import write_run_files
 from pipelines.training import make_loader, predict
 
-__all__ = ["member_config", "train_members", "predict_members", "soft_vote", "select_pseudo_labels"]
+__all__ = ["member_config", "train_members", "predict_members", "ensemble_probabilities", "soft_vote",
+           "select_pseudo_labels"]
 
 log = logging.getLogger(__name__)
 
@@ -63,24 +66,40 @@ def train_members(data: LabelledImages, cfg: Mapping, stage_dir: Path, ctx: Cont
     return folders
 
 
+def _loader(data: LabelledImages, cfg: Mapping, rows: pd.DataFrame, ctx: Context):
+    """``rows`` of ``data.table`` (labelled or not) through the evaluation transform, in order."""
+    d, e = cfg["data"], cfg["eval"]
+    view = LabelledImages(rows.assign(split="predict", label=data.class_names[0]), data.root, data.class_names)
+    dataset = view.dataset("predict", "none", d["image_size"], d["cache_images"])
+    return make_loader(dataset, e["batch_size"], d["workers"], int(cfg["seed"]), device=ctx.device)
+
+
+def _member(cfg: Mapping, folder: Path, data: LabelledImages, ctx: Context) -> torch.nn.Module:
+    model = load_best_model(folder, classifier_spec_of(member_config(cfg, Path(folder).name), data.class_names))
+    model = model.to(ctx.device)
+    return model.to(memory_format=torch.channels_last) if cfg["train"]["channels_last"] else model
+
+
 @torch.no_grad()
 def predict_members(data: LabelledImages, cfg: Mapping, member_dirs: Sequence[Path], rows: pd.DataFrame,
                     ctx: Context) -> dict[str, np.ndarray]:
     """Each member's best checkpoint on ``rows`` of ``data.table`` (labelled or not): ``{backbone: probs (N, K)}``."""
-    d, e = cfg["data"], cfg["eval"]
-    view = LabelledImages(rows.assign(split="predict", label=data.class_names[0]), data.root, data.class_names)
-    dataset = view.dataset("predict", "none", d["image_size"], d["cache_images"])
-    loader = make_loader(dataset, e["batch_size"], d["workers"], int(cfg["seed"]), device=ctx.device)
-    out = {}
-    for folder in member_dirs:
-        member = member_config(cfg, Path(folder).name)
-        model = load_best_model(folder, classifier_spec_of(member, data.class_names)).to(ctx.device)
-        channels_last = bool(cfg["train"]["channels_last"])
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        out[Path(folder).name] = predict(model, loader, ctx.device, cfg["train"]["amp"], channels_last,
-                                         desc=f"predict {Path(folder).name}", show=ctx.is_main)
-    return out
+    loader = _loader(data, cfg, rows, ctx)
+    return {Path(folder).name: predict(_member(cfg, folder, data, ctx), loader, ctx.device, cfg["train"]["amp"],
+                                       bool(cfg["train"]["channels_last"]), desc=f"predict {Path(folder).name}",
+                                       show=ctx.is_main)
+            for folder in member_dirs}
+
+
+def ensemble_probabilities(data: LabelledImages, cfg: Mapping, member_dirs: Sequence[Path], scoring, headline: str,
+                           run_dir: Path, ctx: Context) -> tuple[dict[str, np.ndarray], dict]:
+    """The soft-voting ensemble as the one model a run serves, on val and test at ``eval.precision`` (``auto``:
+    each path checked on val, the whole ensemble as one graph for int8), and metrics.json's ``precision``."""
+    ensemble = SoftVote([_member(cfg, f, data, ctx) for f in member_dirs])
+    loaders = {split: _loader(data, cfg, data.part(split), ctx) for split in ("val", "test")}
+    return classifier_probabilities(ensemble, loaders, _loader(data, cfg, data.part("train"), ctx),
+                                    data.labels("val"), scoring, headline, cfg["eval"], ctx.device,
+                                    bool(cfg["train"]["amp"]), bool(cfg["train"]["channels_last"]), run_dir)
 
 
 def soft_vote(member_probs: Mapping[str, np.ndarray]) -> np.ndarray:

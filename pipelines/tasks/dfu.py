@@ -34,7 +34,13 @@ from pipelines.datasets.dfu import CLASSES, dfu_split, read_dfuc, write_submissi
 from pipelines.datasets.dfu_demo import write_demo_dfuc
 from pipelines.engine.classification import LabelledImages, check_model_config, check_split_files, selected_epoch
 from pipelines.engine.classification import summary_lines as summary_lines  # the task's headline
-from pipelines.engine.ensemble import predict_members, select_pseudo_labels, soft_vote, train_members
+from pipelines.engine.ensemble import (
+    ensemble_probabilities,
+    predict_members,
+    select_pseudo_labels,
+    soft_vote,
+    train_members,
+)
 from pipelines.engine.evaluation import Predicted, Scoring, compact_scores, score_split, write_report
 from pipelines.engine.plots import save_png
 from pipelines.models import save_ensemble
@@ -381,14 +387,17 @@ def evaluate(cfg: Mapping, run_dir: Path, ctx: Context, data: DfuData | None = N
                           f"resume it: pipelines run dfu --resume {run_dir}")
     scoring = Scoring(CLASSES, group_name=GROUP, bootstrap=int(cfg["eval"]["bootstrap"]), seed=int(cfg["seed"]))
     table, entries, predicted, final = [], {}, {}, names[-1]
+    served, precision = ensemble_probabilities(  # the final ensemble, as served: at eval.precision
+        data.labelled(final, cfg), cfg, [run_dir / "stages" / final / b for b in cfg["model"]["backbones"]],
+        scoring, HEADLINE[0], run_dir, ctx)
     for stage in names:
         labelled = data.labelled(stage, cfg)
         folders = [run_dir / "stages" / stage / b for b in cfg["model"]["backbones"]]
         entry = {"train_images": _counts(labelled), "members": {}, "ensemble": {}}
         for split in ("val", "test"):
             rows, y = labelled.part(split), labelled.labels(split)
-            members = predict_members(labelled, cfg, folders, rows, ctx)
-            ensemble = soft_vote(members)
+            members = predict_members(labelled, cfg, folders, rows, ctx)  # each member at fp32
+            ensemble = served[split] if stage == final else soft_vote(members)
             for name, probs in {**members, "ensemble": ensemble}.items():
                 metrics = score_split(y, probs, scoring, rows, bootstrap=None if name == "ensemble" else 0)
                 if stage == final and name == "ensemble":
@@ -410,7 +419,7 @@ def evaluate(cfg: Mapping, run_dir: Path, ctx: Context, data: DfuData | None = N
     write_csv(run_dir / "stages.csv", pd.DataFrame(table))
     best = [run_dir / "stages" / final / b / BEST_WEIGHTS for b in cfg["model"]["backbones"]]
     save_ensemble(best, run_dir / BEST_WEIGHTS, task="dfu")  # what load_model(run_dir) gives
-    report = write_report(run_dir, predicted, scoring, _info(cfg, data, names),
+    report = write_report(run_dir, predicted, scoring, {**_info(cfg, data, names), "precision": precision},
                           {"stages": entries, "comparison": comparison})
     _log_comparison(report)
     return report

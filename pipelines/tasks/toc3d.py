@@ -23,9 +23,18 @@ from pipelines.core.device import Context
 from pipelines.core.errors import ConfigError, DataError
 from pipelines.core.images import check_image_files
 from pipelines.core.io import write_csv, write_json
+from pipelines.core.precision import resolve_precision
 from pipelines.datasets.nuscenes import DETECTION_CLASSES, read_nuscenes
 from pipelines.detection3d.data import FrameLoader
-from pipelines.detection3d.engine import Setting, ablation_settings, fit, latency, predict_scenes, score
+from pipelines.detection3d.engine import (
+    Setting,
+    ablation_settings,
+    check_precisions,
+    fit,
+    latency,
+    predict_scenes,
+    score,
+)
 from pipelines.detection3d.model import build_detector
 from pipelines.models import load_model
 from pipelines.runs import PREDICTIONS as PREDICTIONS  # predictions.csv: one row per box of val and test
@@ -97,6 +106,14 @@ def _check_ratios(key: str, ratios, stages: int) -> None:
                           f"of model.stages, e.g. [0.7, 0.5, 0.5]")
 
 
+def _asked_precision(e: Mapping) -> str:
+    asked = str(e.get("precision", "fp32"))
+    if asked not in ("fp32", "bf16", "auto"):
+        raise ConfigError(f"bad value for 'eval.precision': {asked!r}; a toc3d detector runs at fp32, bf16 or auto "
+                          "(int8 needs a static graph, and the compressed stages keep a varying number of tokens)")
+    return asked
+
+
 def validate(cfg: Mapping) -> None:
     check_declared(cfg, DEFAULTS)
     d, m, t, e = cfg["data"], cfg["model"], cfg["train"], cfg["eval"]
@@ -114,6 +131,7 @@ def validate(cfg: Mapping) -> None:
     for i, r in enumerate(e["ablation_ratios"]):
         _check_ratios(f"eval.ablation_ratios[{i}]", r, len(stages))
     _check_ratios("eval.random_ratios", e["random_ratios"], len(stages))
+    _asked_precision(e)
     if m["embed_dim"] % m["heads"]:
         raise ConfigError(f"bad value for 'model.heads': {m['heads']}; it must divide model.embed_dim "
                           f"({m['embed_dim']})")
@@ -224,28 +242,34 @@ def train(cfg: Mapping, run_dir: Path, ctx: Context, data: SceneData | None = No
     evaluate(cfg, run_dir, ctx, data)
 
 
-def ablation(cfg: Mapping, model, loader: FrameLoader, scenes: list[list], device, repeats: int | None = None
-             ) -> pd.DataFrame:
-    """The trained model on ``scenes`` without compression, at each ablation ratio and with random scoring:
-    median backbone and whole-model latency per frame, mAP, NDS and the share of GT-box tokens kept."""
+def ablation(cfg: Mapping, model, loader: FrameLoader, scenes: list[list], device, repeats: int | None = None,
+             precisions: tuple[str, ...] = ("fp32",)) -> pd.DataFrame:
+    """The trained model on ``scenes`` without compression, at each ablation ratio and with random scoring, at
+    each of ``precisions`` (all timed interleaved in every repeat): median backbone and whole-model latency
+    per frame, mAP, NDS and the share of GT-box tokens kept. Changes are against no compression at the same
+    precision; ``backbone_vs_fp32`` is the same setting's backbone time over its fp32 time."""
     e = cfg["eval"]
-    settings = ablation_settings(e["ablation_ratios"], e["random_ratios"])
+    settings = ablation_settings(e["ablation_ratios"], e["random_ratios"], precisions)
     frames = scenes[0][: max(1, e["latency_frames"])]
     times = latency(model, loader, frames, settings, device, repeats or e["latency_repeats"])
     rows = []
     for s in settings:
         result = score(predict_scenes(model, loader, scenes, DETECTION_CLASSES, device, s, e["max_boxes"]),
                        DETECTION_CLASSES)
-        rows.append({"setting": s.name, "keep_ratios": "none" if s.keep_ratios is None else list(s.keep_ratios),
+        rows.append({"setting": s.name, "precision": s.precision,
+                     "keep_ratios": "none" if s.keep_ratios is None else list(s.keep_ratios),
                      "scoring": "none" if s.keep_ratios is None else s.scoring,
                      "backbone_ms": times[s.name]["backbone"], "model_ms": times[s.name]["model"],
                      "map": result["map"], "nds": result["nds"], "map_present": result["present"]["map"],
                      "nds_present": result["present"]["nds"], "gt_token_share_kept": result["gt_token_share_kept"]})
     table = pd.DataFrame(rows)
-    base = table.iloc[0]
+    base = table.groupby("precision").transform("first")  # each precision's no-compression row
     table["backbone_change"] = table["backbone_ms"] / base["backbone_ms"] - 1
     table["model_change"] = table["model_ms"] / base["model_ms"] - 1
     table["nds_points"] = (table["nds"] - base["nds"]) * 100
+    fp32_ms = dict(zip(table["setting"], table["backbone_ms"], strict=True))
+    table["backbone_vs_fp32"] = [ms / fp32_ms.get(s.at("fp32").name, float("nan"))
+                                 for ms, s in zip(table["backbone_ms"], settings, strict=True)]
     return table
 
 
@@ -258,16 +282,17 @@ def evaluate(cfg: Mapping, run_dir: Path, ctx: Context, data: SceneData | None =
     model = load_model(best, ctx.device).model
     seed_everything(int(cfg["seed"]))  # random scoring in the ablation draws from torch's generator
     loader = frame_loader(cfg, model)
-    main = Setting(cfg["model"]["keep_ratios"])
+    e = cfg["eval"]
+    main, checked, precision_table = _main_setting(cfg, model, loader, data, ctx.device)
     results, predictions = {}, []
     for split in ("val", "test"):
-        prediction = predict_scenes(model, loader, data.of(split), DETECTION_CLASSES, ctx.device, main,
-                                    cfg["eval"]["max_boxes"])
+        prediction = checked if split == "val" and checked else predict_scenes(
+            model, loader, data.of(split), DETECTION_CLASSES, ctx.device, main, e["max_boxes"])
         results[split] = score(prediction, DETECTION_CLASSES)
         predictions += [{"split": split, "sample_token": token, **_flat(b)}
                         for token, boxes in prediction["boxes"].items() for b in boxes]
     write_csv(run_dir / PREDICTIONS, pd.DataFrame(predictions))
-    table = ablation(cfg, model, loader, data.of("test"), ctx.device)
+    table = ablation(cfg, model, loader, data.of("test"), ctx.device, precisions=("fp32", main.precision))
     write_csv(run_dir / ABLATION, table)
     history = pd.read_csv(run_dir / HISTORY) if (run_dir / HISTORY).is_file() else pd.DataFrame()
     selected = int(history.loc[history["best"], "epoch"].iloc[-1]) if len(history) else None
@@ -276,7 +301,8 @@ def evaluate(cfg: Mapping, run_dir: Path, ctx: Context, data: SceneData | None =
         "map": test["map"], "nds": test["nds"], "tp_errors": test["tp_errors"], **results,
         "ablation": table.to_dict(orient="records"),
         "info": {"task": "toc3d", "demo": bool(cfg["run"]["demo"]), "selected_epoch": selected,
-                 "keep_ratios": main.name, "monitor": "val NDS over the classes present",
+                 "keep_ratios": main.at("fp32").name, "precision": precision_table,
+                 "monitor": "val NDS over the classes present",
                  "protocol": "scenes split whole; selected on val; test evaluated once",
                  "classes_present": test["present"]["classes"]},
     }
@@ -285,6 +311,23 @@ def evaluate(cfg: Mapping, run_dir: Path, ctx: Context, data: SceneData | None =
                                    "count all 10 classes (absent ones score 0), see present for the classes present")
     write_json(run_dir / METRICS_FILE, metrics)
     return metrics
+
+
+def _main_setting(cfg: Mapping, model, loader: FrameLoader, data: SceneData, device) -> tuple[Setting, dict | None,
+                                                                                            dict]:
+    """The evaluation's setting (``model.keep_ratios`` at ``eval.precision``); with ``auto`` the check on
+    validation, whose prediction is returned so val is not predicted twice; metrics.json's ``precision``."""
+    e = cfg["eval"]
+    asked = _asked_precision(e)
+    keep = Setting(cfg["model"]["keep_ratios"])
+    if asked != "auto":
+        precision = resolve_precision(asked, device)
+        return keep.at(precision), None, {"chosen": precision, "by": f"eval.precision={asked}",
+                                          "device": device.type}
+    chosen, prediction, table = check_precisions(
+        model, loader, data.of("val"), DETECTION_CLASSES, device, keep, e["max_boxes"],
+        float(e["precision_tolerance"]), e["latency_frames"], e["latency_repeats"])
+    return keep.at(chosen), prediction, table
 
 
 def _flat(box: Mapping) -> dict:
