@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 
@@ -295,7 +296,8 @@ def _synthesise_on_main(data: DfuData, cfg: Mapping, ctx: Context) -> pd.DataFra
     if real.empty:
         raise DataError(f"the training split has no real images of synth.classes {s['classes']} to learn from; "
                         "choose classes present in train.csv or set synth.enabled=false")
-    images = [_resize(read_image(data.root / p), s["size"]) for p in real["path"]]
+    images = [cv2.resize(read_image(data.root / p), (s["size"],) * 2, interpolation=cv2.INTER_AREA)
+              for p in real["path"]]
     index = {c: i for i, c in enumerate(CLASSES)}
     edges = [edge_map(image, s["size"]) for image in images]
     if s["generator"]:
@@ -337,12 +339,6 @@ def _synthesise_on_main(data: DfuData, cfg: Mapping, ctx: Context) -> pd.DataFra
     data.table = pd.concat([data.table, pd.DataFrame(rows, columns=SPLIT_COLUMNS)], ignore_index=True)
     data.save()
     return data.table
-
-
-def _resize(image: np.ndarray, size: int) -> np.ndarray:
-    import cv2
-
-    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
 
 
 def train(cfg: Mapping, run_dir: Path, ctx: Context, data: DfuData | None = None) -> None:
