@@ -106,21 +106,21 @@ def test_int8_and_bf16_paths_still_name_real_photos_as_the_float_model_does(tmp_
 
 
 def test_tiling_precision_follows_the_runs_check_and_refuses_int8(tmp_path):
-    from pipelines.tiling.job import _tile_precision
+    from pipelines.tiling.options import tile_precision
 
     weights = tmp_path / "run" / "checkpoints" / "best.safetensors"
     weights.parent.mkdir(parents=True)
-    assert _tile_precision("auto", weights) == "fp32"  # no metrics.json: no check
+    assert tile_precision("auto", weights) == "fp32"  # no metrics.json: no check
     metrics = {"info": {"precision": {"chosen": "bf16", "paths": {"fp32": {}, "bf16": {}}}}}
     (tmp_path / "run" / "metrics.json").write_text(json.dumps(metrics))
-    assert _tile_precision("auto", weights) == "bf16" and _tile_precision("fp32", weights) == "fp32"
+    assert tile_precision("auto", weights) == "bf16" and tile_precision("fp32", weights) == "fp32"
     metrics["info"]["precision"]["chosen"] = "int8"
     (tmp_path / "run" / "metrics.json").write_text(json.dumps(metrics))
-    assert _tile_precision("auto", weights) == "fp32"  # the torch tiler has no int8 path
+    assert tile_precision("auto", weights) == "fp32"  # the torch tiler has no int8 path
     with pytest.raises(ConfigError, match="--precision int8 is not offered for tiling"):
-        _tile_precision("int8", weights)
+        tile_precision("int8", weights)
     with pytest.raises(ConfigError, match="bad value for '--precision'"):
-        _tile_precision("half", weights)
+        tile_precision("half", weights)
 
 
 @pytest.mark.parametrize("name", ["efficientvim_m1", "medvitv2_tiny", "efficientvit_m0", "tiny_vit_5m",

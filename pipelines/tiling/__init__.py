@@ -8,6 +8,7 @@ spreads (scene, block) tasks over Dask workers, and resumes where a killed job s
 - :mod:`~pipelines.tiling.raster_io` checking inputs, pixel scaling, writing GeoTIFF/COG, mosaics (VRT)
 - :mod:`~pipelines.tiling.worker` one block on a worker (read, predict, weighted sum); model cache
 - :mod:`~pipelines.tiling.manifest` manifest.json and the per-scene sidecar (resume)
+- :mod:`~pipelines.tiling.options` the job's options, its summary, the precision the workers run at
 - :mod:`~pipelines.tiling.job` the driver: scheduling, storing blocks, assembling outputs
 - :mod:`~pipelines.tiling.vectorize` footprints as GeoJSON
 """

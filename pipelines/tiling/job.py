@@ -32,7 +32,7 @@ import time
 import traceback
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +50,7 @@ from pipelines.tiling.files import (
     _weights_file,
 )
 from pipelines.tiling.manifest import Manifest, Sidecar, describe_change, now
+from pipelines.tiling.options import JobSummary, TileOptions, tile_precision
 from pipelines.tiling.plan import Grid, default_block_tiles
 from pipelines.tiling.raster_io import (
     GDAL_CACHE_BYTES,
@@ -68,46 +69,6 @@ __all__ = ["TileOptions", "JobSummary", "run_job", "RASTER_SUFFIXES"]
 log = logging.getLogger("pipelines.tiling")
 
 FORMAT = 1  # bump when the output of the same settings changes
-
-
-@dataclass
-class TileOptions:
-    """``pipelines tile``'s options (see the CLI help for each)."""
-
-    model: str
-    inputs: list[str]
-    output: str
-    tile: int | None = None  # default: the model's training tile
-    overlap: int = 64
-    batch_size: int = 4
-    device: str = "auto"
-    threshold: float | None = None  # default: the model's
-    probabilities: bool = False
-    vectorize: bool = False
-    workers: int | None = None  # None: one per CPU core (one on a GPU); 0: in-process, no Dask
-    scheduler: str | None = None
-    overwrite: bool = False
-    block_tiles: int | None = None  # windows per block side; default: blocks of about 2048 px
-    scale: float | None = None
-    mosaic: str | None = None
-    loader: str | None = None  # "module:function" for models that are not saved segmenters (Python API only)
-    precision: str = "auto"  # fp32 | bf16 | auto (what the run's parity check chose, else fp32)
-
-
-@dataclass
-class JobSummary:
-    output: Path
-    done: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-    blocks_computed: int = 0
-    blocks_reused: int = 0
-
-    def line(self) -> str:
-        n = len(self.done) + len(self.skipped) + len(self.failed)
-        return (f"tile: {n} input{'s' if n != 1 else ''}: {len(self.done)} done, {len(self.skipped)} already done, "
-                f"{len(self.failed)} failed; blocks: {self.blocks_computed} computed, {self.blocks_reused} reused "
-                f"(records: {self.output / 'manifest.json'})")
 
 
 @dataclass
@@ -131,21 +92,6 @@ class _Job:
 
 
 
-def _tile_precision(asked: str, weights: Path) -> str:
-    """``--precision`` as the workers run it: ``auto`` is the run's parity-checked choice where it is one the
-    torch path runs (fp32, bf16), else fp32; int8 tiling is not offered (it needs an onnxruntime engine)."""
-    from pipelines.core.precision import check_precision
-    from pipelines.engine.precision import checked_precision
-
-    asked = check_precision(asked, "--precision")
-    if asked == "int8":
-        raise ConfigError("--precision int8 is not offered for tiling yet; use bf16 (or auto, or fp32)")
-    if asked == "auto":
-        chosen = checked_precision(weights)
-        return chosen if chosen in ("fp32", "bf16") else "fp32"
-    return asked
-
-
 class _Driver:
     def __init__(self, opts: TileOptions):
         self.opts = opts
@@ -162,7 +108,7 @@ class _Driver:
         _, self.spec = load_model(str(self.weights), self.sha, "cpu", opts.loader)  # here only for its spec
         self.tile = opts.tile or self.spec.tile
         self.threshold = self.spec.threshold if opts.threshold is None else opts.threshold
-        self.precision = _tile_precision(opts.precision, self.weights)
+        self.precision = tile_precision(opts.precision, self.weights)
         self._check_settings()
         self.kind = OutputKind(opts.probabilities, self.spec.classes)
         self.manifest = Manifest(self.out)
