@@ -287,27 +287,14 @@ def cmd_eval(args) -> int:
     if args.reference and not args.corruptions:
         raise ConfigError("--reference goes with --corruptions")
     if args.corruptions:
-        _robustness(task, cfg, run_dir, args.reference, ctx.device)
+        from pipelines.engine.robustness import evaluate_run_robustness
+
+        evaluate_run_robustness(task, cfg, run_dir, args.reference, ctx.device)
     else:
         task.evaluate(cfg, run_dir, ctx)
         _summary(task, run_dir)
     print(run_dir.resolve(), flush=True)
     return 0
-
-
-def _robustness(task, cfg: dict, run_dir: Path, reference: str | None, device) -> None:
-    from pipelines.engine.robustness import evaluate_robustness
-    from pipelines.runs import check_run_dir, read_config
-    from pipelines.tasks.contract import SupportsRobustness
-
-    if not isinstance(task, SupportsRobustness):
-        raise ConfigError(f"{cfg['run']['task']} runs have no corruption evaluation")
-    ref_dir = None
-    if reference:
-        ref_dir = check_run_dir(reference)
-        if read_config(ref_dir).get("run", {}).get("task") != cfg["run"]["task"]:
-            raise ConfigError(f"--reference {ref_dir} is not a {cfg['run']['task']} run")
-    evaluate_robustness(task.robustness_data(cfg, run_dir), run_dir, ref_dir, int(cfg["seed"]), device)
 
 
 def cmd_export(args) -> int:

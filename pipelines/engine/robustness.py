@@ -32,7 +32,8 @@ from pipelines.training import make_loader, predict
 from pipelines.transforms.augment import build_transform
 from pipelines.transforms.corruptions import category, corrupt, corruption_list
 
-__all__ = ["RobustnessData", "evaluate_robustness", "robustness_tables", "relative_errors", "balanced_error"]
+__all__ = ["RobustnessData", "evaluate_robustness", "evaluate_run_robustness", "robustness_tables",
+           "relative_errors", "balanced_error"]
 
 log = logging.getLogger(__name__)
 
@@ -167,3 +168,20 @@ def evaluate_robustness(data: RobustnessData, run_dir: Path, reference_dir: Path
         log.info("against %s: BE %.3f, rBE %.3f (below 1: more robust than the reference)", reference_dir,
                  overall["be"], overall["rbe"])
     log.info("wrote %s", run_dir / ROBUSTNESS)
+
+
+def evaluate_run_robustness(task, cfg: dict, run_dir: Path, reference: str | None, device) -> None:
+    """``pipelines eval RUN --corruptions [--reference REF]``: the task's corruption evaluation of its run,
+    against a reference run of the same task."""
+    from pipelines.core.errors import ConfigError
+    from pipelines.runs import check_run_dir, read_config
+    from pipelines.tasks.contract import SupportsRobustness
+
+    if not isinstance(task, SupportsRobustness):
+        raise ConfigError(f"{cfg['run']['task']} runs have no corruption evaluation")
+    ref_dir = None
+    if reference:
+        ref_dir = check_run_dir(reference)
+        if read_config(ref_dir).get("run", {}).get("task") != cfg["run"]["task"]:
+            raise ConfigError(f"--reference {ref_dir} is not a {cfg['run']['task']} run")
+    evaluate_robustness(task.robustness_data(cfg, run_dir), run_dir, ref_dir, int(cfg["seed"]), device)
