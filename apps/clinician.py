@@ -34,16 +34,22 @@ def _model(store: str, name: str, sha256: str):  # sha256 in the key: a re-expor
 
 def _show(prediction) -> None:
     top, p = prediction.ranked[0]
-    st.markdown(f"**Prediction: {top}** ({p:.1%})")
+    if prediction.refer:
+        st.warning(f"**Refer to a specialist** (most likely: {top}, {p:.1%}): {prediction.refer}.", icon="🩺")
+    else:
+        st.markdown(f"**Prediction: {top}** ({p:.1%})")
     left, right = st.columns(2)
     left.image(prediction.image, caption="uploaded image", width="stretch")
     if prediction.overlay is not None:
         right.image(prediction.overlay, caption=prediction.explained, width="stretch")
     else:
         right.info(prediction.explained)
-    table = pd.DataFrame(prediction.ranked[:5], columns=["class", "probability"])
-    table["probability"] = table["probability"].map(lambda v: f"{v:.1%}")
+    column = "calibrated probability" if prediction.calibrated else "probability"
+    table = pd.DataFrame(prediction.ranked[:5], columns=["class", column])
+    table[column] = table[column].map(lambda v: f"{v:.1%}")
     st.table(table.set_index("class"))
+    if not prediction.calibrated:
+        st.caption("These probabilities are not calibrated: read them as scores, not as chances.")
     st.caption(f"{prediction.seconds * 1000:.0f} ms on this machine, at {prediction.precision} (the card says why)")
 
 

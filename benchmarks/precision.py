@@ -248,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
                              "'unetplusplus:<encoder>' segmenters")
     parser.add_argument("--train-batch", type=int, default=32, help="training batch (default: 32)")
     parser.add_argument("--train-size", type=int, default=128, help="training input side (default: 128)")
-    parser.add_argument("--accuracy-run", type=Path, help="a medmnist run folder: accuracy of each path on val")
+    parser.add_argument("--accuracy-run", type=Path, nargs="+", default=[],
+                        help="medmnist run folders: accuracy of each path on each run's val split")
     parser.add_argument("--calibration-images", type=int, default=256, help="training images to calibrate int8 on")
     parser.add_argument("--calibration-method", default="minmax", choices=("minmax", "percentile"))
     parser.add_argument("--tiling", type=Path, metavar="WEIGHTS",
@@ -274,8 +275,9 @@ def main(argv: list[str] | None = None) -> int:
                               for n in list_backbones(p)}) + [p for p in args.training if p.startswith("unetplusplus:")]
             write_rows(out / "precision_training_cpu.csv", training(trained, args))
         if args.accuracy_run:
-            write_rows(out / "precision_accuracy.csv", accuracy(args.accuracy_run, Path(tmp),
-                                                                args.calibration_images, 64, args.calibration_method))
+            write_rows(out / "precision_accuracy.csv", [
+                row for run_dir in args.accuracy_run
+                for row in accuracy(run_dir, Path(tmp), args.calibration_images, 64, args.calibration_method)])
         if args.tiling:
             write_rows(out / "precision_tiling_cpu.csv", tiling(args.tiling, args, Path(tmp)))
     return 0

@@ -161,6 +161,8 @@ def run_detail(run_dir: Path, label: str) -> None:
     with warn_on_bad_files():
         curves_from_predictions(run_dir)
     with warn_on_bad_files():
+        calibration_section(run_dir, info.get("calibration"))
+    with warn_on_bad_files():
         robustness_section(run_dir)
     with warn_on_bad_files():
         segmentation_section(run_dir)
@@ -248,6 +250,42 @@ def curves_from_predictions(run_dir: Path) -> None:
         show(line_chart(roc, "fpr:Q", "tpr:Q", "curve:N", "false positive rate", "true positive rate")
              + diagonal.encode(x="x:Q", y="y:Q"))
         show(line_chart(pr, "recall:Q", "precision:Q", "curve:N", "recall", "precision"))
+
+
+def calibration_section(run_dir: Path, calibration: dict | None) -> None:
+    """Scores before and after calibration, the reliability diagram and the risk-coverage curve with the
+    refer threshold (classification runs)."""
+    from pipelines.model_store import calibration_lines
+
+    predictions = read("load_predictions", run_dir)
+    if predictions is None:  # not a classification run (or not evaluated)
+        return
+    st.markdown("#### Calibration and referral")
+    for line in calibration_lines(calibration or {}):
+        st.caption(line.removeprefix("- "))
+    summary = R.calibration_summary(calibration or {})
+    if summary is None:
+        return
+    st.table(summary.style.format(precision=4).hide(axis="index"))
+    left, right = st.columns(2)
+    points = R.reliability_points(calibration, "test")
+    if not points.empty:
+        diagonal = alt.Chart(pd.DataFrame({"x": [0, 1], "y": [0, 1]})).mark_line(strokeDash=[4, 4], color="grey")
+        with left:
+            show(line_chart(points, "confidence:Q", "accuracy:Q", "probabilities:N", "confidence (test)",
+                            "accuracy in the bin").mark_line(point=True) + diagonal.encode(x="x:Q", y="y:Q"))
+    curve = R.risk_coverage_curve(predictions)
+    refer = calibration.get("refer") or {}
+    if not curve.empty:
+        chart = line_chart(curve.assign(curve="test"), "coverage:Q", "risk:Q", "curve:N", "coverage (share answered)",
+                           "error among answered")
+        if "max_risk" in refer:
+            chart += alt.Chart(pd.DataFrame({"risk": [refer["max_risk"]]})).mark_rule(strokeDash=[4, 4]).encode(
+                y="risk:Q")
+        with right:
+            show(chart)
+        st.caption("Answering the most confident test cases first; dashed: the risk the refer threshold was "
+                   "chosen for on validation.")
 
 
 def mistakes_section(run_dir: Path) -> None:

@@ -62,7 +62,9 @@ def streamlit_command(name: str, page_args: Sequence[str], host: str = "127.0.0.
         sys.executable, "-m", "streamlit", "run", str(page_path(name)),
         "--server.address", host, "--server.port", str(port), "--server.headless", "true",
         "--server.maxUploadSize", str(MAX_UPLOAD_MB), "--browser.gatherUsageStats", "false",
-        "--server.fileWatcherType", "none", "--", *page_args,
+        "--server.fileWatcherType", "none",
+        "--client.toolbarMode", "minimal",  # pages for clinicians and analysts: no Deploy button, no developer menu
+        "--", *page_args,
     ]
 
 

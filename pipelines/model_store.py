@@ -11,6 +11,7 @@ A folder without a readable card is not a model of the store: the app lists only
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import re
@@ -22,13 +23,15 @@ from torch import nn
 
 from pipelines.core.errors import ConfigError
 from pipelines.core.io import atomic_write_bytes, file_sha256, write_json
+from pipelines.engine.calibration import run_calibration
 from pipelines.models import ModelSpec, read_spec, save_model
 from pipelines.models import load_model as load_saved
 from pipelines.runs import check_run_dir
 from pipelines.runs.folder import METRICS_FILE
 from pipelines.tasks import get_task
 
-__all__ = ["WEIGHTS", "CARD", "StoredModel", "export_to_store", "list_models", "load_model", "card_markdown"]
+__all__ = ["WEIGHTS", "CARD", "StoredModel", "export_to_store", "list_models", "load_model", "card_markdown",
+           "calibration_lines"]
 
 WEIGHTS, CARD, CARD_MD, INT8 = "model.safetensors", "card.json", "card.md", "model.int8.onnx"
 NOTICE = "Research use only. Not a medical device: not for diagnosis or treatment decisions."
@@ -111,7 +114,8 @@ def export_to_store(run_dir: str | Path, name: str, store: str | Path = "models"
     if not (run_dir / METRICS_FILE).is_file():
         raise ConfigError(f"{run_dir} has no metrics.json; let the run finish or run 'pipelines eval {run_dir}'")
     loaded = load_saved(run_dir)
-    spec = loaded.spec
+    calibration = run_calibration(run_dir)
+    spec = dataclasses.replace(loaded.spec, calibration=_served_calibration(calibration))
     if spec.kind not in ("classifier", "ensemble"):
         raise ConfigError(f"{run_dir} holds a {spec.kind}; the model store serves image classifiers "
                           "(segmenters serve through 'pipelines tile --model RUN_DIR')")
@@ -152,9 +156,19 @@ def export_to_store(run_dir: str | Path, name: str, store: str | Path = "models"
         "weights_sha256": file_sha256(folder / WEIGHTS),
     }
     card["precision"] = _precision(run_dir, folder)
+    card["calibration"] = calibration
     atomic_write_bytes(folder / CARD_MD, card_markdown(card).encode())
     write_json(folder / CARD, card)
     return folder
+
+
+def _served_calibration(table: dict) -> dict:
+    """What the stored spec carries: the fitted map and the refer threshold (see ``ModelSpec.calibration``)."""
+    if not table.get("map"):
+        return {}
+    refer = table.get("refer") or {}
+    return {**table["map"], **({"refer_below": refer["threshold"], "max_risk": refer["max_risk"]}
+                               if "threshold" in refer else {})}
 
 
 def _precision(run_dir: Path, folder: Path) -> dict:
@@ -267,6 +281,7 @@ def card_markdown(card: dict) -> str:
         protocol = f"; {sel['protocol']}" if sel.get("protocol") else ""
         lines.append(f"- Checkpoints selected on {sel.get('monitor')}{protocol}")
     lines += _precision_lines(card.get("precision") or {})
+    lines += calibration_lines(card.get("calibration") or {})
     lines += ["", "## Intended use", "", card["intended_use"], "", "## Limitations", ""]
     lines += [f"- {item}" for item in card["limitations"]]
     return "\n".join(lines) + "\n"
@@ -286,3 +301,34 @@ def _precision_lines(p: dict) -> list[str]:
     refused = [f"{n} ({q['why']})" for n, q in p["paths"].items() if not q.get("accepted")]
     return [f"- Serves at {p['serves_at']} ({p['by']}){cost}"] + (
         [f"- Refused: {', '.join(refused)}"] if refused else [])
+
+
+def calibration_lines(table: dict) -> list[str]:
+    """What the card says about its probabilities (calibrated or not, test ECE) and its refer threshold."""
+    if not table:
+        return ["- Probabilities are NOT calibrated (the run was evaluated before calibration existed): run "
+                "'pipelines eval RUN_DIR' and export it again"]
+    test = table.get("test") or {}
+    after, before = test.get("after") or {}, test.get("before") or {}
+    how = {"temperature": f"temperature scaling (T = {table.get('temperature', float('nan')):.2f})",
+           "vector": "vector scaling (a scale and bias per class)"}.get(table["method"])
+    done = (f"calibrated on validation by {how}" if how else
+            "left as the model gives them (on validation, cross-validated, no calibration map did better)")
+    ece = ""
+    if after:
+        ci = after.get("ece_ci95")
+        ece = (f"; test ECE {after['ece']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+               + f" (uncalibrated {before['ece']:.3f}), Brier {after['brier']:.3f}, NLL {after['nll']:.3f}")
+    lines = [f"- Probabilities: {done}{ece}"]
+    refer = table.get("refer") or {}
+    if "threshold" not in refer:
+        return lines + ([f"- No refer threshold: {refer['note']}"] if refer.get("note") else [])
+    risk = f"{refer['max_risk']:.0%}"
+    if refer["threshold"] > 1:
+        return [*lines, f"- Refers every case: no confidence level kept the validation error at or below {risk}"]
+    t = refer.get("test") or {}
+    on_test = (f"; on test it answers {t['coverage']:.0%} of {t['n']} cases"
+               + (f" with {t['risk']:.1%} error" if t.get("risk") is not None else "")
+               + f" and refers {t['referred']}") if t else ""
+    return [*lines, f"- Refers to a specialist below {refer['threshold']:.1%} confidence (chosen on validation: "
+                    f"the most cases answered with at most {risk} error among them){on_test}"]

@@ -15,6 +15,7 @@ import torch
 
 from pipelines.core.images import decode_image
 from pipelines.core.precision import precision_autocast
+from pipelines.engine.calibration import Calibration
 from pipelines.engine.explain import gradcam
 from pipelines.model_store import StoredModel
 from pipelines.transforms.augment import build_transform
@@ -36,6 +37,8 @@ class Prediction:
     explained: str
     seconds: float
     precision: str = "fp32"  # what the probabilities were computed at (the card's checked choice)
+    calibrated: bool = False  # probabilities through the map fitted on validation (the spec's calibration)
+    refer: str | None = None  # why the model refers this case instead of answering; None: it answers
 
     @property
     def ranked(self) -> list[tuple[str, float]]:
@@ -72,10 +75,25 @@ def classify(stored: StoredModel, data: bytes, name: str, explain: bool = True) 
         with torch.inference_mode(), precision_autocast(torch.device("cpu"), precision):
             logits = (stored.fast if precision == "int8" else stored.model)(x).float()
         cam = gradcam(stored.model, x, target=int(logits[0].argmax()))[1] if explain else None
-    probs = torch.sigmoid(logits) if stored.multilabel else torch.softmax(logits, 1)
-    probs = dict(zip(stored.class_names, probs[0].tolist(), strict=True))
+    spec = stored.spec.calibration
+    calibration = Calibration.from_dict({"multilabel": stored.multilabel, **spec})
+    probs = dict(zip(stored.class_names, calibration.apply_logits(logits)[0].tolist(), strict=True))
     shown = _display(image)
     top = max(probs, key=probs.get)
     return Prediction(name, probs, shown, None if cam is None else _overlay(shown, cam),
                       f"Grad-CAM for '{top}'" if cam is not None else "no spatial feature map to explain",
-                      time.perf_counter() - start, precision)
+                      time.perf_counter() - start, precision, bool(spec), _refer(probs[top], spec))
+
+
+def _refer(confidence: float, calibration: dict) -> str | None:
+    """Why the case goes to a specialist (the calibrated confidence is below the threshold chosen on
+    validation), or None."""
+    threshold = calibration.get("refer_below")
+    if threshold is None or confidence >= threshold:
+        return None
+    risk = f"{calibration.get('max_risk', 0.05):.0%}"
+    if threshold > 1:
+        return (f"this model refers every case: on validation no confidence level kept its error at or below "
+                f"{risk}")
+    return (f"the model's calibrated confidence {confidence:.1%} is below its refer threshold {threshold:.1%}, "
+            f"the level at which it erred on at most {risk} of the validation cases it answered")

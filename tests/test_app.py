@@ -21,6 +21,7 @@ from pipelines.cli import main
 from pipelines.core.errors import DataError
 from pipelines.core.images import decode_image
 from pipelines.datasets.images import ImageTableDataset
+from pipelines.engine.calibration import Calibration
 from pipelines.engine.explain import gradcam
 from pipelines.model_store import CARD, WEIGHTS, list_models, load_model
 from pipelines.serving import classify
@@ -187,11 +188,43 @@ def test_classify_matches_the_evaluation_path_on_a_real_breakhis_png(store):
     path = real_png()
     prediction = classify(stored, path.read_bytes(), path.name)
     dataset = ImageTableDataset([path], np.array([0]), build_transform("none", stored.image_size))
-    expected = predict(stored.model, make_loader(dataset, 1, 0, 0), torch.device("cpu"), amp=False, show=False)[0]
+    raw = predict(stored.model, make_loader(dataset, 1, 0, 0), torch.device("cpu"), amp=False, show=False)
+    assert stored.spec.calibration["method"] in ("none", "temperature", "vector") and prediction.calibrated
+    expected = Calibration.from_dict(stored.spec.calibration).apply(raw)[0]  # the map fitted on validation
     assert list(prediction.probs) == ["benign", "malignant"]
     np.testing.assert_allclose(list(prediction.probs.values()), expected, atol=1e-5)
     assert prediction.image.shape == (460, 700, 3) and prediction.overlay.shape == prediction.image.shape
     assert prediction.ranked[0][1] >= prediction.ranked[1][1]
+
+
+def test_card_and_weights_carry_the_calibration_and_the_refer_threshold(store, trained_run):
+    card = json.loads((store / "breakhis-b0" / CARD).read_text())
+    run_info = json.loads((trained_run / "metrics.json").read_text())["info"]["calibration"]
+    assert card["calibration"] == run_info and run_info["fitted_on"] == "val"
+    test = run_info["test"]
+    assert {"ece", "adaptive_ece", "brier", "nll"} <= set(test["before"]) and len(test["after"]["ece_ci95"]) == 2
+    stored = load_model("breakhis-b0", store)
+    assert stored.spec.calibration["refer_below"] == run_info["refer"]["threshold"]
+    assert all((trained_run / "plots" / f"{name}.png").is_file() for name in ("reliability", "risk_coverage"))
+    text = (store / "breakhis-b0" / "card.md").read_text()
+    assert "- Probabilities: " in text and ("Refers to a specialist below" in text or "Refers every case" in text)
+
+
+def test_classify_refers_below_the_threshold_and_says_why(store):
+    import dataclasses
+
+    stored = load_model("breakhis-b0", store)
+    path = real_png()
+    answered = dataclasses.replace(stored, spec=dataclasses.replace(
+        stored.spec, calibration={**stored.spec.calibration, "refer_below": 0.0}))
+    assert classify(answered, path.read_bytes(), path.name, explain=False).refer is None
+    doubtful = dataclasses.replace(stored, spec=dataclasses.replace(
+        stored.spec, calibration={**stored.spec.calibration, "refer_below": 0.999999, "max_risk": 0.05}))
+    why = classify(doubtful, path.read_bytes(), path.name, explain=False).refer
+    assert "below its refer threshold 100.0%" in why and "5% of the validation cases" in why
+    raw = dataclasses.replace(stored, spec=dataclasses.replace(stored.spec, calibration={}))
+    prediction = classify(raw, path.read_bytes(), path.name, explain=False)
+    assert prediction.refer is None and not prediction.calibrated
 
 
 class _Brightness(nn.Module):
@@ -265,7 +298,9 @@ def test_app_predicts_uploads_and_survives_bad_ones(monkeypatch, store):
     ])
     at.run()
     assert not at.exception
-    assert any(m.value.startswith("**Prediction: ") for m in at.markdown)
+    answered = [m.value for m in at.markdown if m.value.startswith("**Prediction: ")]
+    referred = [w.value for w in at.warning if w.value.startswith("**Refer to a specialist**")]
+    assert len(answered) + len(referred) == 1
     errors = [e.value for e in at.error]
     assert any(e.startswith("notes.png is not an image file") for e in errors)
     assert any(e.startswith("bomb.png is too large to decode safely") for e in errors)

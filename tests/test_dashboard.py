@@ -129,3 +129,32 @@ def test_toc3d_run_shows_its_compression_ablation(monkeypatch, tmp_path):
     assert "#### Token compression: the same detector at each setting (test scenes)" in markdown_texts(at)
     shown = [d.value for d in at.dataframe if "setting" in d.value.columns]
     assert shown and list(shown[0]["backbone_ms"]) == [100.0, 68.0]
+
+
+def test_calibration_section_shows_scores_reliability_and_refer(monkeypatch, runs_root):
+    import json
+
+    import numpy as np
+
+    from pipelines.engine.calibration import calibrate_splits
+    from pipelines.runs import load_predictions, prediction_classes
+
+    run_dir = runs_root / "breakhis" / "demo"
+    predictions = load_predictions(run_dir)
+    classes = prediction_classes(predictions)
+    probs = predictions[[f"prob_{c}" for c in classes]].to_numpy(dtype=float)
+    labels = np.array([classes.index(c) for c in predictions["label"]])
+    cfg = {"eval": {"calibration": "temperature", "bootstrap": 50}, "serve": {"max_risk": 0.2}}
+    _, calibration = calibrate_splits(run_dir, {"val": probs, "test": probs}, {"val": labels, "test": labels}, cfg)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics["info"]["calibration"] = calibration
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    at = dashboard(monkeypatch, runs_root, view="Run detail", run="breakhis/demo")
+    assert "#### Calibration and referral" in markdown_texts(at)
+    captions = [c.value for c in at.caption]
+    assert any(c.startswith("Probabilities: calibrated on validation by temperature scaling") for c in captions)
+    assert any(c.startswith("Refers") for c in captions)
+    summary = next(t.value for t in at.table if "adaptive_ece" in t.value.columns)
+    assert sorted(set(summary["probabilities"])) == ["calibrated", "uncalibrated"]
+    at = dashboard(monkeypatch, runs_root, view="Run detail", run="breakhis/subtype")
+    assert any("NOT calibrated" in c.value for c in at.caption)

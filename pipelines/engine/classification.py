@@ -24,6 +24,7 @@ from pipelines.backbones.weights import hub_download_errors
 from pipelines.core.device import Context
 from pipelines.core.errors import ConfigError, DataError
 from pipelines.datasets.images import ImageTableDataset
+from pipelines.engine.calibration import calibrate_splits
 from pipelines.engine.evaluation import Predicted, Scoring, write_report
 from pipelines.engine.losses import build_loss, class_weights
 from pipelines.engine.precision import classifier_probabilities
@@ -227,8 +228,19 @@ def evaluate_classifier(data: LabelledImages, cfg: Mapping, run_dir: Path, ctx: 
     probs, precision = classifier_probabilities(
         model, {s: loaders[s] for s in ("val", "test")}, loaders["train"], data.labels("val"), scoring, headline,
         e, ctx.device, bool(cfg["train"]["amp"]), channels_last, run_dir)
-    predicted = {split: Predicted(data.part(split), data.labels(split), probs[split]) for split in probs}
-    return write_report(run_dir, predicted, scoring, {**(info or {}), "precision": precision})
+    rows = {split: data.part(split) for split in probs}
+    probs, calibration = calibrate_splits(run_dir, probs, {s: data.labels(s) for s in probs}, cfg,
+                                          groups=_groups(rows, scoring))
+    predicted = {split: Predicted(rows[split], data.labels(split), probs[split]) for split in probs}
+    return write_report(run_dir, predicted, scoring, {**(info or {}), "precision": precision,
+                                                      "calibration": calibration})
+
+
+def _groups(rows: Mapping[str, pd.DataFrame], scoring: Scoring) -> dict[str, list] | None:
+    """Each split's group (patient) column, where the scores resample whole groups."""
+    if scoring.group_name is None:
+        return None
+    return {split: r["group"].astype(str).to_list() for split, r in rows.items() if "group" in r.columns}
 
 
 def selected_epoch(run_dir: Path) -> int | None:

@@ -12,7 +12,8 @@ import pandas as pd
 
 from pipelines.core.io import atomic_write_bytes
 
-__all__ = ["plot_confusion_matrix", "plot_roc_pr", "plot_history", "segmentation_overlay", "class_overlay", "save_png"]
+__all__ = ["plot_confusion_matrix", "plot_roc_pr", "plot_reliability", "plot_risk_coverage", "plot_history",
+           "segmentation_overlay", "class_overlay", "save_png"]
 
 # true positives green, false positives red, false negatives blue
 OVERLAY_COLOURS = {"tp": (0, 200, 0), "fp": (230, 0, 0), "fn": (0, 90, 255)}
@@ -87,6 +88,46 @@ def plot_roc_pr(labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str
     pr_ax.set(xlabel="recall", ylabel="precision", ylim=(0, 1.02), title=f"{title} precision-recall".strip())
     for ax in (roc_ax, pr_ax):
         ax.legend(fontsize=7, loc="lower right" if ax is roc_ax else "lower left")
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_reliability(diagrams: dict[str, dict], path: Path, title: str = "") -> None:
+    """Reliability diagram: accuracy against mean confidence per confidence bin, one line per set of
+    probabilities (:func:`pipelines.engine.calibration.reliability`), with each bin's share of the cases."""
+    plt = _figure()
+    fig, (ax, share) = plt.subplots(2, 1, figsize=(4.8, 5.6), height_ratios=(3, 1), sharex=True)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="perfectly calibrated")
+    width = 1 / max(d["bins"] for d in diagrams.values())
+    for i, (name, d) in enumerate(diagrams.items()):
+        ax.plot(d["confidence"], d["accuracy"], marker="o", label=name)
+        total = max(1, sum(d["count"]))
+        share.bar(np.asarray(d["edges"]) + width * (0.25 + 0.5 * i), np.asarray(d["count"]) / total,
+                  width=width / 2, label=name)
+    ax.set(ylabel="accuracy in the bin", xlim=(0, 1), ylim=(0, 1.02), title=f"{title} reliability".strip())
+    ax.legend(fontsize=8, loc="upper left")
+    share.set(xlabel="confidence (top class; per label for multi-label)", ylabel="share")
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_risk_coverage(curves: dict[str, tuple], threshold: float, max_risk: float, path: Path) -> None:
+    """Error of the answered cases against the share answered, answering the most confident first; the refer
+    threshold's point and the risk it was chosen for."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(5, 3.8))
+    for name, (thresholds, coverage, risk) in curves.items():
+        line = ax.plot(coverage, risk, label=name)[0]
+        kept = thresholds >= threshold
+        if kept.any():
+            j = np.flatnonzero(kept)[-1]
+            ax.plot(coverage[j], risk[j], "o", color=line.get_color())
+    ax.axhline(max_risk, color="grey", linestyle=":", linewidth=1, label=f"max risk {max_risk:g}")
+    ax.set(xlabel="coverage (share answered)", ylabel="error among answered", xlim=(0, 1.02),
+           title=f"risk-coverage (refer below {min(threshold, 1):.1%} confidence)")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)

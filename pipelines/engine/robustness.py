@@ -26,6 +26,7 @@ import torch
 from sklearn.metrics import balanced_accuracy_score
 
 from pipelines.datasets.images import ArrayImageDataset
+from pipelines.engine.calibration import Calibration, run_calibration
 from pipelines.engine.metrics import MULTILABEL, official_acc
 from pipelines.runs.folder import ROBUSTNESS, ROBUSTNESS_RELATIVE, ROBUSTNESS_SUMMARY
 from pipelines.training import make_loader, predict
@@ -67,19 +68,22 @@ def _predict(model: torch.nn.Module, images: Sequence[np.ndarray], labels: np.nd
 
 
 def robustness_tables(models: Sequence[tuple[torch.nn.Module, int]], data: RobustnessData, seed: int = 0,
-                      batch_size: int = 128, device: torch.device | None = None) -> list[pd.DataFrame]:
+                      batch_size: int = 128, device: torch.device | None = None,
+                      calibrations: Sequence[Calibration] | None = None) -> list[pd.DataFrame]:
     """One table per ``(model, input size)``, rows ``corruption, category, severity, accuracy,
-    balanced_error`` (severity 0: the clean images). The images are corrupted once for all the models: a
+    balanced_error`` (severity 0: the clean images), each model's probabilities through its ``calibrations``
+    entry (the map its evaluation fitted) where given. The images are corrupted once for all the models: a
     reference is scored on exactly the images the run is, and the corruption work is not repeated."""
     device = device or torch.device("cpu")
     models = [(model.eval().to(device), size) for model, size in models]
+    calibrations = list(calibrations or [Calibration() for _ in models])
     multilabel = data.task == MULTILABEL
     labels = np.asarray(data.labels)
     tables: list[list[dict]] = [[] for _ in models]
 
     def score(images, name, cat, severity):
-        for rows, (model, size) in zip(tables, models, strict=True):
-            probs = _predict(model, images, labels, size, batch_size, multilabel, device)
+        for rows, (model, size), calibration in zip(tables, models, calibrations, strict=True):
+            probs = calibration.apply(_predict(model, images, labels, size, batch_size, multilabel, device))
             rows.append({"corruption": name, "category": cat, "severity": severity,
                          "accuracy": official_acc(labels, probs, data.task),
                          "balanced_error": balanced_error(labels, probs, data.task)})
@@ -150,12 +154,14 @@ def evaluate_robustness(data: RobustnessData, run_dir: Path, reference_dir: Path
                               "the reference must be trained on the same classes")
         return model.model, model.spec.input.size[0]
 
-    models = [loaded(run_dir)]
+    folders = [run_dir]
     if reference_dir is not None and reference_dir.resolve() != run_dir.resolve():
-        models.append(loaded(reference_dir))
+        folders.append(reference_dir)
+    models = [loaded(folder) for folder in folders]
+    calibrations = [Calibration.from_dict(run_calibration(folder).get("map")) for folder in folders]
     log.info("corruption robustness of %s%s (%d test images)", run_dir,
              f" and of the reference {reference_dir}" if len(models) > 1 else "", len(data.labels))
-    tables = robustness_tables(models, data, seed, device=device)
+    tables = robustness_tables(models, data, seed, device=device, calibrations=calibrations)
     ours = tables[0]
     relative = relative_errors(ours, tables[-1]) if reference_dir is not None else None
     write_robustness(run_dir, ours, relative, reference_dir)

@@ -78,6 +78,9 @@ class ModelSpec:
             ``boxes`` or ``image``.
         task: the task that trained it.
         members: an ensemble's member specs (their weights under ``members.<i>.``).
+        calibration: how served probabilities are calibrated and when the model refers a case instead of
+            answering (:class:`pipelines.engine.calibration.Calibration` as a dict, plus ``refer_below`` and
+            ``max_risk``), fitted on validation; empty: raw probabilities, no refer threshold.
     """
 
     kind: str
@@ -88,12 +91,14 @@ class ModelSpec:
     args: dict[str, Any] = field(default_factory=dict)
     task: str = ""
     members: tuple[ModelSpec, ...] = ()
+    calibration: dict[str, Any] = field(default_factory=dict)
     format: int = FORMAT
 
     def __post_init__(self):
         object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
         object.__setattr__(self, "members", tuple(self.members))
         object.__setattr__(self, "args", dict(self.args))
+        object.__setattr__(self, "calibration", dict(self.calibration))
         if not isinstance(self.input, InputSpec):
             object.__setattr__(self, "input", InputSpec(**self.input))
         if self.output not in OUTPUTS:

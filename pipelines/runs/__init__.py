@@ -71,6 +71,7 @@ from pipelines.runs.robustness import (
 )
 from pipelines.runs.tables import (
     breakdown_tables,
+    calibration_summary,
     compare_curves,
     compare_metrics,
     confident_mistakes,
@@ -78,6 +79,8 @@ from pipelines.runs.tables import (
     metric_summary,
     per_class_table,
     pr_curves,
+    reliability_points,
+    risk_coverage_curve,
     roc_curves,
     training_curves,
 )
@@ -97,7 +100,8 @@ __all__ = [
     "headline", "headline_union", "RunFileError", "RunIndex", "find_runs", "run_stamp", "runs_table", "filter_runs",
     "load_config", "load_metrics", "read_history", "load_history", "load_predictions", "training_curves",
     "metric_summary", "breakdown_tables", "confusion_matrix", "per_class_table", "is_multilabel",
-    "prediction_classes", "roc_curves", "pr_curves", "confident_mistakes", "load_images", "resolve_data_path",
+    "prediction_classes", "roc_curves", "pr_curves", "calibration_summary", "reliability_points",
+    "risk_coverage_curve", "confident_mistakes", "load_images", "resolve_data_path",
     "load_robustness", "load_relative_robustness", "load_robustness_summary", "robustness_curves",
     "robustness_heatmap", "compare_metrics", "compare_curves", "load_benchmarks", "speed_accuracy", "load_tiles",
     "overlay_paths", "load_ablation",

@@ -13,7 +13,8 @@ from pipelines.runs.read import RunFileError, _mapping, _number, headline_union,
 
 __all__ = [
     "training_curves", "metric_summary", "breakdown_tables", "confusion_matrix", "per_class_table", "roc_curves",
-    "pr_curves", "confident_mistakes", "compare_metrics", "compare_curves",
+    "pr_curves", "confident_mistakes", "compare_metrics", "compare_curves", "calibration_summary",
+    "reliability_points", "risk_coverage_curve",
 ]
 
 MAX_CURVE_POINTS = 400
@@ -141,6 +142,38 @@ def pr_curves(predictions: pd.DataFrame) -> pd.DataFrame:
         curve = _thin(pd.DataFrame({"recall": recall, "precision": precision}))
         parts.append(curve.assign(**{"class": name, "average_precision": float(average_precision_score(truth, score))}))
     return _curves(parts, ["class", "recall", "precision", "average_precision"])
+
+
+def calibration_summary(calibration: Mapping) -> pd.DataFrame | None:
+    """``split, probabilities, ece, adaptive_ece, brier, nll``: each split's scores before and after
+    calibration (metrics.json ``info.calibration``); None for a run evaluated before calibration existed."""
+    rows = [{"split": split, "probabilities": name, **{k: scores[k] for k in ("ece", "adaptive_ece", "brier", "nll")}}
+            for split in ("val", "test") if isinstance(calibration.get(split), Mapping)
+            for name, scores in (("uncalibrated", calibration[split]["before"]),
+                                 ("calibrated", calibration[split]["after"]))]
+    return pd.DataFrame(rows) if rows else None
+
+
+def reliability_points(calibration: Mapping, split: str) -> pd.DataFrame:
+    """``probabilities, confidence, accuracy, count``: the split's reliability-diagram bins, before and after."""
+    diagrams = (calibration.get(split) or {}).get("reliability") or {}
+    parts = [pd.DataFrame({k: d[k] for k in ("confidence", "accuracy", "count")}).assign(probabilities=name)
+             for name, d in diagrams.items()]
+    return _curves(parts, ["probabilities", "confidence", "accuracy", "count"])
+
+
+def risk_coverage_curve(predictions: pd.DataFrame) -> pd.DataFrame:
+    """``coverage, risk, confidence``: the error among the answered cases when only those at or above each
+    confidence are answered (single-label predictions.csv; empty for multi-label runs)."""
+    from pipelines.engine.calibration import risk_coverage
+
+    if is_multilabel(predictions) or "label" not in predictions.columns:
+        return pd.DataFrame(columns=["coverage", "risk", "confidence"])
+    classes = prediction_classes(predictions)
+    probs = predictions[[f"prob_{c}" for c in classes]].to_numpy(dtype=float)
+    labels = pd.Categorical(predictions["label"].astype(str), categories=classes).codes
+    thresholds, coverage, risk = risk_coverage(probs, labels)
+    return _thin(pd.DataFrame({"coverage": coverage, "risk": risk, "confidence": thresholds}))
 
 
 def _curves(parts: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:

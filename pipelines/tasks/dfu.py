@@ -33,6 +33,7 @@ from pipelines.core.images import read_image
 from pipelines.core.io import write_csv
 from pipelines.datasets.dfu import CLASSES, dfu_split, read_dfuc, write_submission
 from pipelines.datasets.dfu_demo import write_demo_dfuc
+from pipelines.engine.calibration import calibrate_splits
 from pipelines.engine.classification import LabelledImages, check_model_config, check_split_files, selected_epoch
 from pipelines.engine.classification import summary_lines as summary_lines  # the task's headline
 from pipelines.engine.ensemble import (
@@ -386,6 +387,9 @@ def evaluate(cfg: Mapping, run_dir: Path, ctx: Context, data: DfuData | None = N
     served, precision = ensemble_probabilities(  # the final ensemble, as served: at eval.precision
         data.labelled(final, cfg), cfg, [run_dir / "stages" / final / b for b in cfg["model"]["backbones"]],
         scoring, HEADLINE[0], run_dir, ctx)
+    labelled = data.labelled(final, cfg)
+    served, calibration = calibrate_splits(run_dir, served, {s: labelled.labels(s) for s in served}, cfg,
+                                           groups={s: labelled.part(s)["group"].astype(str).to_list() for s in served})
     for stage in names:
         labelled = data.labelled(stage, cfg)
         folders = [run_dir / "stages" / stage / b for b in cfg["model"]["backbones"]]
@@ -415,7 +419,8 @@ def evaluate(cfg: Mapping, run_dir: Path, ctx: Context, data: DfuData | None = N
     write_csv(run_dir / "stages.csv", pd.DataFrame(table))
     best = [run_dir / "stages" / final / b / BEST_WEIGHTS for b in cfg["model"]["backbones"]]
     save_ensemble(best, run_dir / BEST_WEIGHTS, task="dfu")  # what load_model(run_dir) gives
-    report = write_report(run_dir, predicted, scoring, {**_info(cfg, data, names), "precision": precision},
+    report = write_report(run_dir, predicted, scoring, {**_info(cfg, data, names), "precision": precision,
+                                                        "calibration": calibration},
                           {"stages": entries, "comparison": comparison})
     _log_comparison(report)
     return report

@@ -23,6 +23,7 @@ from pipelines.core.errors import ConfigError, DataError
 from pipelines.datasets.images import ArrayImageDataset
 from pipelines.datasets.medmnist import CATALOG, MedMNISTData, check_flag, read_medmnist
 from pipelines.datasets.medmnist_demo import write_demo_medmnist
+from pipelines.engine.calibration import calibrate_splits
 from pipelines.engine.classification import (
     check_model_config,
     classifier_spec_of,
@@ -167,6 +168,7 @@ def evaluate(cfg: Mapping, run_dir: Path, ctx: Context, data: MedMNISTData | Non
     probs, precision = classifier_probabilities(
         model, {s: loaders[s] for s in ("val", "test")}, loaders["train"], data.labels["val"], scoring, HEADLINE[0],
         e, ctx.device, bool(cfg["train"]["amp"]), False, run_dir, multilabel=data.multilabel)
+    probs, calibration = calibrate_splits(run_dir, probs, data.labels, cfg, data.multilabel)
     predicted = {split: Predicted(_rows(data.labels[split], data), data.labels[split], probs[split]) for split in probs}
     info = {
         "task": "medmnist", "dataset": data.flag, "size": data.size, "task_type": data.task,
@@ -175,7 +177,7 @@ def evaluate(cfg: Mapping, run_dir: Path, ctx: Context, data: MedMNISTData | Non
     }
     if info["demo"]:
         info["note"] = "SYNTHETIC demo data: these numbers say nothing about real ultrasound"
-    return write_report(run_dir, predicted, scoring, {**info, "precision": precision})
+    return write_report(run_dir, predicted, scoring, {**info, "precision": precision, "calibration": calibration})
 
 
 def _rows(labels: np.ndarray, data: MedMNISTData) -> pd.DataFrame:
