@@ -1,7 +1,10 @@
 """Clinician upload app: pick a carded model of the local store, upload images, read predictions.
 
-Thin over ``pipelines``: the store (``pipelines.model_store``), the prediction and its Grad-CAM
-(``pipelines.serving``). Uploads stay in memory. Start it with ``pipelines app`` (localhost only).
+The view follows the model: a classifier shows its top classes with calibrated probabilities, Grad-CAM
+and "refer to a specialist" below its validation-chosen confidence; a segmenter (wound outlines) shows the
+mask over the photo, its area in pixels and, given the image scale, in cm^2. Thin over ``pipelines``: the
+store (``pipelines.model_store``) and the predictions (``pipelines.serving``). Uploads stay in memory.
+Start it with ``pipelines app`` (localhost only).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import streamlit as st
 
 from pipelines.core.errors import PipelinesError
 from pipelines.model_store import NOTICE, card_markdown, list_models, load_model
-from pipelines.serving import classify
+from pipelines.serving import classify, segment
 
 log = logging.getLogger("pipelines.app")
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff"]
@@ -53,9 +56,28 @@ def _show(prediction) -> None:
     st.caption(f"{prediction.seconds * 1000:.0f} ms on this machine, at {prediction.precision} (the card says why)")
 
 
+def _show_outline(outline, pixels_per_cm: float | None) -> None:
+    area = outline.area_cm2(pixels_per_cm)
+    size = f"{outline.area_px:,} px ({outline.share:.1%} of the image)"
+    if area is not None:
+        size += f", {area:.2f} cm² at {pixels_per_cm:g} px/cm"
+    regions = f"{outline.regions} region{'s' if outline.regions != 1 else ''}"
+    st.markdown(f"**Outlined: {size}; {regions}**" if outline.area_px else "**Nothing outlined in this image**")
+    left, right = st.columns(2)
+    left.image(outline.image, caption="uploaded image", width="stretch")
+    cut = f"probability above {outline.threshold:.2f}" if outline.threshold is not None else "the top class"
+    right.image(outline.overlay, caption=f"outline ({cut})", width="stretch")
+    if outline.class_areas_px:
+        areas = pd.Series(outline.class_areas_px, name="area (px)").rename_axis("class")
+        st.table(areas.to_frame())
+    mean = f"; mean probability inside {outline.mean_probability:.1%}" if outline.mean_probability is not None else ""
+    st.caption(f"{outline.seconds * 1000:.0f} ms on this machine, at {outline.precision}{mean}. The outline is a "
+               "draft for a person to check, not a measurement.")
+
+
 def main() -> None:
-    st.set_page_config(page_title="pipelines: image classifier", layout="wide")
-    st.title("Image classifier")
+    st.set_page_config(page_title="pipelines: clinical images", layout="wide")
+    st.title("Clinical image models")
     st.warning(NOTICE, icon="⚠️")
     store = _args().store
     cards, problems = list_models(store)
@@ -80,13 +102,21 @@ def main() -> None:
     spec = stored.spec  # what the weights file says it is: the card is its summary for people
     st.caption(f"{spec.task} {spec.kind} {name}: {', '.join(spec.classes)}; input {stored.image_size} px "
                f"{'greyscale' if spec.input.colour == 'grey' else 'colour'}")
+    outlines = spec.kind == "segmenter"
+    pixels_per_cm = None
+    if outlines:
+        pixels_per_cm = st.number_input("Image scale in pixels per cm (from a ruler in the photo; 0 = unknown)",
+                                        min_value=0.0, value=0.0, step=1.0) or None
     uploads = st.file_uploader("Upload one or several images (PNG, JPEG or TIFF)", type=UPLOAD_TYPES,
                                accept_multiple_files=True)
     for upload in uploads or []:
         with st.container(border=True):
             st.subheader(upload.name)
             try:
-                _show(classify(stored, upload.getvalue(), upload.name))
+                if outlines:
+                    _show_outline(segment(stored, upload.getvalue(), upload.name), pixels_per_cm)
+                else:
+                    _show(classify(stored, upload.getvalue(), upload.name))
             except PipelinesError as exc:
                 st.error(str(exc))
             except Exception as exc:  # one bad file must not take the page down

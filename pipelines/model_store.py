@@ -35,8 +35,10 @@ __all__ = ["WEIGHTS", "CARD", "StoredModel", "export_to_store", "list_models", "
 
 WEIGHTS, CARD, CARD_MD, INT8 = "model.safetensors", "card.json", "card.md", "model.int8.onnx"
 NOTICE = "Research use only. Not a medical device: not for diagnosis or treatment decisions."
+SERVED = ("classifier", "ensemble", "segmenter")  # kinds the store and the app serve
+TILED = ("buildings",)  # segmenters of large rasters: served by 'pipelines tile', not the upload app
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_DETAIL = ("n", "ci95", "per_class")  # what a card keeps beside the task's headline metrics
+_DETAIL = ("n", "n_tiles", "ci95", "per_class")  # what a card keeps beside the task's headline metrics
 
 
 @dataclass
@@ -86,7 +88,7 @@ def _metrics(run_dir: Path, headline: tuple[str, ...]) -> dict:
     out = {}
     for split in ("val", "test"):
         m = metrics.get(split) or {}
-        head = {k: m[k] for k in ("n", *headline) if isinstance(m.get(k), int | float)}
+        head = {k: m[k] for k in ("n", "n_tiles", *headline) if isinstance(m.get(k), int | float)}
         if m.get("ci95"):
             head["ci95"] = m["ci95"]
         if m.get("per_class"):
@@ -99,7 +101,7 @@ def _metrics(run_dir: Path, headline: tuple[str, ...]) -> dict:
 
 
 def export_to_store(run_dir: str | Path, name: str, store: str | Path = "models", force: bool = False) -> Path:
-    """Write a finished classification run's best model and its card to ``store/name``; returns the folder.
+    """Write a finished classification or photo-segmentation run's best model and its card to ``store/name``.
 
     The card is the model's spec (kind, classes, input, output) plus the run's metrics and the task's words
     on its data, use and limits. Written weights first, card last (each atomically): a folder with a card
@@ -116,11 +118,12 @@ def export_to_store(run_dir: str | Path, name: str, store: str | Path = "models"
     loaded = load_saved(run_dir)
     calibration = run_calibration(run_dir)
     spec = dataclasses.replace(loaded.spec, calibration=_served_calibration(calibration))
-    if spec.kind not in ("classifier", "ensemble"):
-        raise ConfigError(f"{run_dir} holds a {spec.kind}; the model store serves image classifiers "
-                          "(segmenters serve through 'pipelines tile --model RUN_DIR')")
     cfg = read_config(run_dir)
-    task = get_task(spec.task or cfg.get("run", {}).get("task", ""))
+    task_name = spec.task or cfg.get("run", {}).get("task", "")
+    if spec.kind not in SERVED or task_name in TILED:
+        raise ConfigError(f"{run_dir} holds a {task_name} {spec.kind}; the model store serves image classifiers "
+                          "and photo segmenters (aerial segmenters serve through 'pipelines tile --model RUN_DIR')")
+    task = get_task(task_name)
     facts = task.card_facts(cfg, run_dir)
     metrics = _metrics(run_dir, task.HEADLINE)
     folder = Path(store) / name
@@ -142,9 +145,7 @@ def export_to_store(run_dir: str | Path, name: str, store: str | Path = "models"
         "input": {
             "image_size": size, "colour": spec.input.colour, "mean": list(spec.input.mean),
             "std": list(spec.input.std),
-            "preprocessing": f"decode to RGB ({'grey repeated' if spec.input.colour == 'grey' else 'colour'})"
-                             f", resize to {size}x{size} (area), scale to [0, 1], "
-                             "subtract mean and divide by std per channel: the evaluation transform of training",
+            "preprocessing": _preprocessing(spec),
         },
         "metrics": metrics,
         "training_data": facts["training_data"] + (" - SYNTHETIC demo data" if demo else ""),
@@ -156,10 +157,26 @@ def export_to_store(run_dir: str | Path, name: str, store: str | Path = "models"
         "weights_sha256": file_sha256(folder / WEIGHTS),
     }
     card["precision"] = _precision(run_dir, folder)
-    card["calibration"] = calibration
+    if spec.kind == "segmenter":
+        info = json.loads((run_dir / METRICS_FILE).read_text()).get("info", {})
+        card["mask"] = {"threshold": spec.input.threshold, "chosen_by": (info.get("threshold_choice") or {}).get("by"),
+                        "tile": spec.input.tile}
+    else:
+        card["calibration"] = calibration
     atomic_write_bytes(folder / CARD_MD, card_markdown(card).encode())
     write_json(folder / CARD, card)
     return folder
+
+
+def _preprocessing(spec: ModelSpec) -> str:
+    decode = f"decode to RGB ({'grey repeated' if spec.input.colour == 'grey' else 'colour'})"
+    scale = "scale to [0, 1], subtract mean and divide by std per channel"
+    if spec.kind == "segmenter":
+        tile = spec.input.tile or spec.input.size[0]
+        return (f"{decode}, {scale}; the whole image at its own size in sliding windows of {tile} px "
+                "(Gaussian blending): the evaluation path of training")
+    size = spec.input.size[0]
+    return f"{decode}, resize to {size}x{size} (area), {scale}: the evaluation transform of training"
 
 
 def _served_calibration(table: dict) -> dict:
@@ -251,6 +268,11 @@ def load_model(name: str, store: str | Path = "models") -> StoredModel:
     return StoredModel(name, loaded.model, card, loaded.spec, fast)
 
 
+def _input_size(card: dict, colour: str) -> str:
+    side = card["input"]["image_size"]
+    return f"{colour} images of any size" if card.get("kind") == "segmenter" else f"{side}x{side} {colour}"
+
+
 def _fmt(value: float, ci: list | None) -> str:
     return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
@@ -262,7 +284,7 @@ def card_markdown(card: dict) -> str:
         f"# {card['name']}", "", f"**{card['notice']}**", "",
         f"- Task: {card['task']} - classes: {', '.join(card['classes'])} ({card['output']} outputs)",
         f"- Backbone: {card['backbone']}",
-        f"- Input: {i['image_size']}x{i['image_size']} {'greyscale' if i['colour'] == 'grey' else 'colour'}; "
+        f"- Input: {_input_size(card, 'greyscale' if i['colour'] == 'grey' else 'colour')}; "
         f"{i['preprocessing']}; mean {i['mean']}, std {i['std']}",
         f"- Training data: {card['training_data']}",
         "", "## Metrics (95% bootstrap CI where given)", "",
@@ -273,7 +295,8 @@ def card_markdown(card: dict) -> str:
         shown = [f"{k} {_fmt(v, ci.get(k))}" for k, v in m.items()
                  if k not in _DETAIL and isinstance(v, int | float)]
         if shown:
-            lines.append(f"- {split} (n={m.get('n', '?')}): " + ", ".join(shown))
+            n = m.get("n", m.get("n_tiles", "?"))
+            lines.append(f"- {split} (n={n}): " + ", ".join(shown))
     sel = card["metrics"].get("selection", {})
     if sel.get("selected_epoch") is not None:
         lines.append(f"- Checkpoint: epoch {sel['selected_epoch']} selected on {sel.get('monitor')}")
@@ -281,7 +304,13 @@ def card_markdown(card: dict) -> str:
         protocol = f"; {sel['protocol']}" if sel.get("protocol") else ""
         lines.append(f"- Checkpoints selected on {sel.get('monitor')}{protocol}")
     lines += _precision_lines(card.get("precision") or {})
-    lines += calibration_lines(card.get("calibration") or {})
+    if card.get("kind") == "segmenter":
+        mask = card.get("mask") or {}
+        if mask.get("threshold") is not None:
+            lines.append(f"- Mask: pixels with probability above {mask['threshold']:.2f}"
+                         + (f" (chosen on {mask['chosen_by']})" if mask.get("chosen_by") else ""))
+    else:
+        lines += calibration_lines(card.get("calibration") or {})
     lines += ["", "## Intended use", "", card["intended_use"], "", "## Limitations", ""]
     lines += [f"- {item}" for item in card["limitations"]]
     return "\n".join(lines) + "\n"

@@ -1,7 +1,8 @@
 """One image in, a prediction out: what the clinician app (and anything else serving a stored model) calls.
 
-The image goes through exactly the evaluation transform of training (``build_transform("none", size)``),
-so an uploaded file is seen the way the test split was.
+The image goes through exactly the evaluation transform of training: a classifier's
+``build_transform("none", size)``, a segmenter's sliding windows over the whole image at its training tile
+(``engine.segmentation.predict_tile``), so an uploaded file is seen the way the test split was.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pipelines.engine.explain import gradcam
 from pipelines.model_store import StoredModel
 from pipelines.transforms.augment import build_transform
 
-__all__ = ["MAX_UPLOAD_PIXELS", "Prediction", "classify"]
+__all__ = ["MAX_UPLOAD_PIXELS", "Prediction", "Outline", "classify", "segment"]
 
 MAX_UPLOAD_PIXELS = 40_000_000  # a 40-megapixel photo is fine; a whole-slide scan or a bomb is not
 DISPLAY_SIDE = 1024  # the overlay is drawn at most this large
@@ -97,3 +98,76 @@ def _refer(confidence: float, calibration: dict) -> str | None:
                 f"{risk}")
     return (f"the model's calibrated confidence {confidence:.1%} is below its refer threshold {threshold:.1%}, "
             f"the level at which it erred on at most {risk} of the validation cases it answered")
+
+
+@dataclass
+class Outline:
+    """A segmenter's answer for one image: the mask (H, W bool; for class masks, any non-background class),
+    its area, the outlines drawn over the image, and per-class areas for class-index models."""
+
+    name: str
+    mask: np.ndarray
+    image: np.ndarray
+    overlay: np.ndarray
+    area_px: int
+    regions: int
+    mean_probability: float | None
+    threshold: float | None
+    seconds: float
+    precision: str = "fp32"
+    class_areas_px: dict[str, int] | None = None
+
+    @property
+    def share(self) -> float:
+        return self.area_px / max(1, self.mask.size)
+
+    def area_cm2(self, pixels_per_cm: float | None) -> float | None:
+        """The area in cm^2 given the image's scale (pixels per cm, e.g. from a ruler in the photo)."""
+        return None if not pixels_per_cm else self.area_px / float(pixels_per_cm) ** 2
+
+
+OUTLINE_COLOUR = (255, 230, 0)
+FILL_COLOUR = (0, 200, 255)
+MIN_REGION_PX = 20
+
+
+def _outline_overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.35) -> tuple[np.ndarray, int]:
+    """The mask tinted over the image with each region's outline drawn (OpenCV contours), and the number of
+    separate regions of at least ``MIN_REGION_PX`` (specks are drawn but not counted)."""
+    out = image.copy()
+    tint = np.array(FILL_COLOUR, np.float32)
+    out[mask] = ((1 - alpha) * out[mask] + alpha * tint).astype(np.uint8)
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(out, contours, -1, OUTLINE_COLOUR, max(1, round(max(image.shape[:2]) / 300)))
+    return out, sum(cv2.contourArea(c) >= MIN_REGION_PX for c in contours)
+
+
+def segment(stored: StoredModel, data: bytes, name: str) -> Outline:
+    """Decode ``data`` safely in memory and outline what the segmenter finds: the whole image in sliding
+    windows of its training tile, cut at its validation-chosen threshold (class masks: the top class).
+
+    Raises:
+        DataError: the file is not an image the model can read.
+    """
+    from pipelines.engine.segmentation import predict_tile
+
+    start = time.perf_counter()
+    image = decode_image(data, name, colour=stored.spec.input.colour, max_pixels=MAX_UPLOAD_PIXELS)
+    tile = int(stored.spec.input.tile or stored.image_size)
+    precision = stored.precision
+    model = stored.fast if precision == "int8" else stored.model
+    prob = predict_tile(model, image, tile, tile // 4, 4, torch.device("cpu"), amp=False,
+                        precision="fp32" if precision == "int8" else precision)
+    classes, threshold, class_areas = stored.class_names, None, None
+    if prob.shape[0] == 1:
+        threshold = float(stored.spec.input.threshold if stored.spec.input.threshold is not None else 0.5)
+        mask = prob[0] > threshold
+        mean_probability = float(prob[0][mask].mean()) if mask.any() else None
+    else:
+        labels = prob.argmax(0)
+        mask = labels > 0
+        class_areas = {c: int((labels == i).sum()) for i, c in enumerate(classes) if i > 0}
+        mean_probability = float(prob.max(0)[mask].mean()) if mask.any() else None
+    overlay, regions = _outline_overlay(image, mask)
+    return Outline(name, mask, _display(image), _display(overlay), int(mask.sum()), regions, mean_probability,
+                   threshold, time.perf_counter() - start, precision, class_areas)

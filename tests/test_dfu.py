@@ -170,6 +170,17 @@ def test_demo_ensemble_learns_and_reports_baseline_against_extended(tmp_path):
     assert again["test"]["macro_f1"] == pytest.approx(test["macro_f1"])
     assert again["comparison"] == metrics["comparison"]
 
+    # the whole calibrated ensemble in the model store: served probabilities equal predictions.csv's
+    from pipelines.model_store import load_model as load_stored
+    from pipelines.serving import classify
+
+    assert main(["export", str(run), "--name", "dfu", "--store", str(tmp_path / "models")]) == 0
+    stored = load_stored("dfu", tmp_path / "models")
+    assert stored.spec.kind == "ensemble" and stored.spec.calibration["method"] == info["calibration"]["method"]
+    row = predictions.iloc[0]
+    served = classify(stored, (root / row["path"]).read_bytes(), row["image"], explain=False)  # a real test photo
+    np.testing.assert_allclose([served.probs[c] for c in CLASSES], [row[f"prob_{c}"] for c in CLASSES], atol=1e-4)
+
     # the served (final) ensemble at the fastest path checked on val; int8 quantizes it as one graph
     assert info["precision"] == {"chosen": "fp32", "by": "eval.precision=fp32", "device": "cpu"}
     assert main(["eval", str(run), "--device", "cpu", "--precision", "auto"]) == 0

