@@ -10,23 +10,29 @@ Start it with ``pipelines app`` (localhost only).
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
 import logging
 import sys
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 from pipelines.core.errors import PipelinesError
 from pipelines.model_store import NOTICE, card_markdown, list_models, load_model
+from pipelines.reports import AuditLog, prediction_pdf, record_of, results_csv
 from pipelines.serving import classify, segment
 
 log = logging.getLogger("pipelines.app")
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff"]
+MAX_FILES = 20  # per upload: each file is predicted (and Grad-CAM'd) while the page waits
 
 
 def _args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="apps/clinician.py")
     parser.add_argument("--store", default="models")
+    parser.add_argument("--audit", default=None)
     return parser.parse_known_args(sys.argv[1:])[0]
 
 
@@ -79,7 +85,8 @@ def main() -> None:
     st.set_page_config(page_title="pipelines: clinical images", layout="wide")
     st.title("Clinical image models")
     st.warning(NOTICE, icon="⚠️")
-    store = _args().store
+    args = _args()
+    store = args.store
     cards, problems = list_models(store)
     for problem in problems:
         st.sidebar.caption(f"skipped {problem}")
@@ -107,21 +114,48 @@ def main() -> None:
     if outlines:
         pixels_per_cm = st.number_input("Image scale in pixels per cm (from a ruler in the photo; 0 = unknown)",
                                         min_value=0.0, value=0.0, step=1.0) or None
-    uploads = st.file_uploader("Upload one or several images (PNG, JPEG or TIFF)", type=UPLOAD_TYPES,
-                               accept_multiple_files=True)
-    for upload in uploads or []:
+    uploads = st.file_uploader(f"Upload up to {MAX_FILES} images at a time (PNG, JPEG or TIFF)", type=UPLOAD_TYPES,
+                               accept_multiple_files=True) or []
+    if len(uploads) > MAX_FILES:
+        st.warning(f"{len(uploads)} files uploaded: only the first {MAX_FILES} are read. Upload the others as "
+                   "another batch.")
+    audit = AuditLog(args.audit) if args.audit else None
+    done = st.session_state.get("done", {})  # reruns (a download, a new setting) do not predict or log again
+    kept, records = {}, []
+    for upload in uploads[:MAX_FILES]:
+        data = upload.getvalue()
+        key = (card.get("weights_sha256", ""), hashlib.sha256(data).hexdigest(), upload.name, pixels_per_cm)
         with st.container(border=True):
             st.subheader(upload.name)
             try:
+                if key not in done:
+                    result = (segment if outlines else classify)(stored, data, upload.name)
+                    record = record_of(result, card, data, pixels_per_cm)
+                    if audit is not None:
+                        audit.append(record)
+                    done[key] = (result, record, prediction_pdf(record, result.image, result.overlay,
+                                                                card_markdown(card)))
+                result, record, pdf = kept[key] = done[key]
                 if outlines:
-                    _show_outline(segment(stored, upload.getvalue(), upload.name), pixels_per_cm)
+                    _show_outline(result, pixels_per_cm)
                 else:
-                    _show(classify(stored, upload.getvalue(), upload.name))
+                    _show(result)
+                records.append(record)
+                st.download_button("Download the report (PDF)", pdf, file_name=f"{Path(upload.name).stem}_report.pdf",
+                                   mime="application/pdf", key=f"pdf_{key[1]}_{upload.name}", on_click="ignore")
             except PipelinesError as exc:
                 st.error(str(exc))
             except Exception as exc:  # one bad file must not take the page down
                 log.exception("failed on %s", upload.name)
                 st.error(f"{upload.name} could not be processed ({type(exc).__name__}: {exc})")
-
+    st.session_state["done"] = kept  # only this batch's results stay in memory
+    if records:
+        st.subheader("Results")
+        table = pd.read_csv(io.BytesIO(results_csv(records)))
+        st.dataframe(table.drop(columns=["weights_sha256"]), hide_index=True)
+        st.download_button("Download the results (CSV)", results_csv(records), file_name="results.csv",
+                           mime="text/csv", on_click="ignore")
+        if audit is not None:
+            st.caption(f"Each prediction is logged to {args.audit} (no image is stored).")
 
 main()

@@ -89,6 +89,9 @@ def _build_parser() -> argparse.ArgumentParser:
             srv.add_argument("runs", nargs="*", default=["runs"], help="folders holding run folders (default: runs)")
         else:
             srv.add_argument("--store", default="models", help="model store folder (default: models)")
+            srv.add_argument("--audit", metavar="FILE", help="append one JSON line per prediction to FILE (time, "
+                             "model and weights SHA-256, image SHA-256, output, threshold, referred; never the "
+                             "image); off by default")
         srv.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
         srv.add_argument("--port", type=int, default=8501, help="port (default: 8501)")
         srv.set_defaults(func=cmd_serve, page=name)
@@ -356,6 +359,8 @@ def cmd_serve(args) -> int:
             raise ConfigError(f"model store {args.store} not found; "
                               "fill it with 'pipelines export RUN_DIR --name NAME --store DIR'")
         page_args = ["--store", str(Path(args.store).resolve())]
+        if args.audit:
+            page_args += ["--audit", str(Path(args.audit).resolve())]
     return launch(args.page, page_args, args.host, args.port)
 
 

@@ -141,6 +141,75 @@ def trained_run(tmp_path_factory) -> Path:
     return run_dir
 
 
+def _finished_run(root: Path, task: str, sets: dict) -> tuple[Path, dict]:
+    """An empty run folder of ``task`` with its defaults, ``sets`` applied, marked a demo run."""
+    from pipelines.config import set_key
+    from pipelines.runs import create_run_dir, write_config
+    from pipelines.tasks import get_task
+
+    cfg = get_task(task).defaults()
+    for key, value in sets.items():
+        set_key(cfg, key, value)
+    cfg["run"] = {"task": task, "demo": True, "device": "cpu", "world_size": 1}
+    run_dir = create_run_dir(root, task, "trained")
+    write_config(run_dir, cfg)
+    return run_dir, cfg
+
+
+@pytest.fixture(scope="session")
+def dfu_run(tmp_path_factory) -> Path:
+    """A finished DFU run folder without the training: its final soft-voting ensemble (two random-weight
+    MobileNetV3 members at 64 px) and a calibration fitted on stand-in validation probabilities that are
+    confident and right, so the model's own near-uniform outputs fall below the refer threshold."""
+    import numpy as np
+    import torch
+
+    from pipelines.backbones import create_backbone
+    from pipelines.core.io import write_json
+    from pipelines.datasets.dfu import CLASSES
+    from pipelines.engine.calibration import calibrate_splits
+    from pipelines.models import classifier_spec, save_ensemble, save_model
+
+    run_dir, cfg = _finished_run(tmp_path_factory.mktemp("dfu_runs"), "dfu", {"data.image_size": 64})
+    members = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        path = run_dir / "members" / f"m{seed}.safetensors"
+        save_model(create_backbone("mobilenetv3_large_100", num_classes=4),
+                   classifier_spec("mobilenetv3_large_100", CLASSES, 64, task="dfu"), path)
+        members.append(path)
+    save_ensemble(members, run_dir / "checkpoints" / "best.safetensors", task="dfu")
+    rng = np.random.default_rng(0)
+    labels = {s: rng.integers(0, 4, 80) for s in ("val", "test")}
+    probs = {s: 0.9 * np.eye(4)[y] + 0.1 * rng.dirichlet(np.ones(4), len(y)) for s, y in labels.items()}
+    _, calibration = calibrate_splits(run_dir, probs, labels, cfg)
+    write_json(run_dir / "metrics.json", {"val": {}, "test": {}, "info": {"calibration": calibration}})
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def segment_run(tmp_path_factory) -> Path:
+    """A finished segment run folder without the training: a random-weight U-Net++ on EfficientNet-Lite0
+    (128 px tiles) whose validation-chosen threshold is 0.5."""
+    import torch
+
+    from pipelines.backbones.segmentation import create_segmenter
+    from pipelines.core.io import write_json
+    from pipelines.models import save_model, segmenter_spec
+
+    run_dir, _ = _finished_run(tmp_path_factory.mktemp("segment_runs"), "segment", {})
+    torch.manual_seed(0)
+    encoder = "tu-tf_efficientnet_lite0"
+    save_model(create_segmenter(encoder, 1), segmenter_spec(encoder, ("wound",), 128, 0.5, task="segment"),
+               run_dir / "checkpoints" / "best.safetensors")
+    write_json(run_dir / "metrics.json", {"val": {}, "test": {}, "info": {"threshold": 0.5, "threshold_choice": {
+        "by": "pooled validation Dice"}}})
+    return run_dir
+
+
+FUSEG_REAL = SHARED / "data" / "fuseg2021" / "train" / "images"
+
+
 CHROMIUM = Path("/usr/bin/chromium")
 
 
