@@ -29,6 +29,7 @@ from pipelines.models import load_model as load_saved
 from pipelines.runs import check_run_dir
 from pipelines.runs.folder import METRICS_FILE
 from pipelines.tasks import get_task
+from pipelines.tasks.contract import ServedElsewhere
 
 __all__ = ["WEIGHTS", "CARD", "StoredModel", "export_to_store", "list_models", "load_model", "card_markdown",
            "calibration_lines"]
@@ -36,7 +37,6 @@ __all__ = ["WEIGHTS", "CARD", "StoredModel", "export_to_store", "list_models", "
 WEIGHTS, CARD, CARD_MD, INT8 = "model.safetensors", "card.json", "card.md", "model.int8.onnx"
 NOTICE = "Research use only. Not a medical device: not for diagnosis or treatment decisions."
 SERVED = ("classifier", "ensemble", "segmenter")  # kinds the store and the app serve
-TILED = ("buildings",)  # segmenters of large rasters: served by 'pipelines tile', not the upload app
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _DETAIL = ("n", "n_tiles", "ci95", "per_class")  # what a card keeps beside the task's headline metrics
 
@@ -120,10 +120,11 @@ def export_to_store(run_dir: str | Path, name: str, store: str | Path = "models"
     spec = dataclasses.replace(loaded.spec, calibration=_served_calibration(calibration))
     cfg = read_config(run_dir)
     task_name = spec.task or cfg.get("run", {}).get("task", "")
-    if spec.kind not in SERVED or task_name in TILED:
-        raise ConfigError(f"{run_dir} holds a {task_name} {spec.kind}; the model store serves image classifiers "
-                          "and photo segmenters (aerial segmenters serve through 'pipelines tile --model RUN_DIR')")
     task = get_task(task_name)
+    if spec.kind not in SERVED or isinstance(task, ServedElsewhere):
+        elsewhere = f"; serve it with '{task.SERVED_BY}'" if isinstance(task, ServedElsewhere) else ""
+        raise ConfigError(f"{run_dir} holds a {task_name} {spec.kind}; the model store serves image classifiers "
+                          f"and photo segmenters{elsewhere}")
     facts = task.card_facts(cfg, run_dir)
     metrics = _metrics(run_dir, task.HEADLINE)
     folder = Path(store) / name

@@ -20,8 +20,17 @@ import torch
 
 from pipelines import load_model, runs
 from pipelines.config import apply_overrides
+from pipelines.core.errors import ConfigError
 from pipelines.tasks import TASKS, get_task
-from pipelines.tasks.contract import CardFacts, SupportsMembers, Task, TaskContractError, check_task, members
+from pipelines.tasks.contract import (
+    CardFacts,
+    ServedElsewhere,
+    SupportsMembers,
+    Task,
+    TaskContractError,
+    check_task,
+    members,
+)
 
 PACKAGE = Path(__file__).resolve().parents[1] / "pipelines"
 NAMES = list(TASKS)
@@ -228,7 +237,15 @@ def test_dashboards_and_model_store_use_the_headline(smoke, tmp_path):
     assert set(facts) == set(CardFacts.__annotations__) and facts["colour"] in ("rgb", "grey")
     assert all(isinstance(facts[k], str) and facts[k] for k in ("training_data", "intended_use"))
     assert facts["limitations"] and all(isinstance(x, str) and x for x in facts["limitations"])
-    if load_model(run_dir).spec.kind in ("classifier", "ensemble"):  # what the store serves
+    kind = load_model(run_dir).spec.kind
+    if kind in ("classifier", "ensemble", "segmenter") and not isinstance(task, ServedElsewhere):  # store serves
         card = json.loads((export_to_store(run_dir, name, tmp_path / "models") / "card.json").read_text())
-        assert list(card["metrics"]["test"])[: 1 + len(task.HEADLINE)] == ["n", *task.HEADLINE]
+        count, *headline = list(card["metrics"]["test"])[: 1 + len(task.HEADLINE)]
+        assert count in ("n", "n_tiles") and headline == list(task.HEADLINE)
         assert card["training_data"].startswith(facts["training_data"])
+    else:  # refused in one line that says what serves it instead, and nothing left in the store
+        with pytest.raises(ConfigError, match="serves image classifiers") as refused:
+            export_to_store(run_dir, name, tmp_path / "models")
+        if isinstance(task, ServedElsewhere):
+            assert task.SERVED_BY in str(refused.value)
+        assert not (tmp_path / "models" / name).exists()

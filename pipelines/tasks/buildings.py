@@ -59,6 +59,7 @@ SMOKE_OVERRIDES = {
 
 HEADLINE = ("iou", "f1", "mean_iou")  # the building class's IoU and F1, then the mean over both classes (papers')
 PREDICTIONS = TILES  # per-tile scores; the masks themselves are plots/overlays/
+SERVED_BY = "pipelines tile --model RUN_DIR"  # large rasters need tiling, not the upload app (ServedElsewhere)
 
 DEFAULTS = Path(__file__).with_name("buildings.yaml")  # choices and ranges are declared beside each key
 

@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     from pipelines.core.device import Context
     from pipelines.engine.robustness import RobustnessData
 
-__all__ = ["Task", "SupportsRobustness", "SupportsTestImages", "SupportsMembers", "CardFacts", "TaskContractError",
-           "check_task", "members"]
+__all__ = ["Task", "SupportsRobustness", "SupportsTestImages", "SupportsMembers", "ServedElsewhere", "CardFacts",
+           "TaskContractError", "check_task", "members"]
 
 
 class CardFacts(TypedDict):
@@ -117,6 +117,15 @@ class SupportsMembers(Protocol):
 
     def member_folders(self, cfg: Mapping, run_dir: Path) -> list[Path]:
         """Every folder the Runner trained in for this run, in training order."""
+
+
+@runtime_checkable
+class ServedElsewhere(Protocol):
+    """Optional: a task whose models the model store and upload app do not serve (segmenters of large rasters
+    need tiling, not one uploaded photo); ``pipelines export`` refuses its runs and names this command."""
+
+    SERVED_BY: str
+    """The command that serves the task's runs instead, e.g. ``pipelines tile --model RUN_DIR``."""
 
 
 class TaskContractError(PipelinesError, TypeError):
