@@ -41,12 +41,18 @@ def _model(store: str, name: str, sha256: str):  # sha256 in the key: a re-expor
     return load_model(name, store)
 
 
+def _percent(p: float) -> str:
+    """A probability as people read it: never "100.0%" or "0.0%" for what is only very likely or unlikely."""
+    return "> 99.9%" if p > 0.999 else "< 0.1%" if p < 0.001 else f"{p:.1%}"
+
+
 def _show(prediction) -> None:
     top, p = prediction.ranked[0]
     if prediction.refer:
-        st.warning(f"**Refer to a specialist** (most likely: {top}, {p:.1%}): {prediction.refer}.", icon="🩺")
+        st.warning(f"**Refer to a specialist** (most likely: {top}, {_percent(p)}): {prediction.refer}.",
+                   icon=":material/medical_services:")
     else:
-        st.markdown(f"**Prediction: {top}** ({p:.1%})")
+        st.markdown(f"**Prediction: {top}** ({_percent(p)})")
     left, right = st.columns(2)
     left.image(prediction.image, caption="uploaded image", width="stretch")
     if prediction.overlay is not None:
@@ -55,7 +61,7 @@ def _show(prediction) -> None:
         right.info(prediction.explained)
     column = "calibrated probability" if prediction.calibrated else "probability"
     table = pd.DataFrame(prediction.ranked[:5], columns=["class", column])
-    table[column] = table[column].map(lambda v: f"{v:.1%}")
+    table[column] = table[column].map(_percent)
     st.table(table.set_index("class"))
     if not prediction.calibrated:
         st.caption("These probabilities are not calibrated: read them as scores, not as chances.")
@@ -152,7 +158,9 @@ def main() -> None:
     if records:
         st.subheader("Results")
         table = pd.read_csv(io.BytesIO(results_csv(records)))
-        st.dataframe(table.drop(columns=["weights_sha256"]), hide_index=True)
+        first = [c for c in ("image", "output", "referred", "confidence", "area_px") if c in table.columns]
+        st.dataframe(table[first + [c for c in table.columns if c not in first and c != "weights_sha256"]],
+                     hide_index=True)
         st.download_button("Download the results (CSV)", results_csv(records), file_name="results.csv",
                            mime="text/csv", on_click="ignore")
         if audit is not None:

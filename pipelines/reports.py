@@ -137,7 +137,8 @@ def prediction_pdf(record: Record, image: np.ndarray, overlay: np.ndarray | None
              f"image SHA-256: {record.image_sha256}",
              f"time: {record.time}; computed at {record.precision} in {record.seconds * 1000:.0f} ms"]
     fig.text(0.06, 0.575, _wrap("\n".join(facts)), fontsize=8.5, va="top", family="monospace")
-    card = "\n".join(line for line in card_text.splitlines() if line.strip() and not line.startswith("# "))
+    card = "\n".join(line.replace("**", "").lstrip("#").strip() for line in card_text.splitlines()
+                     if line.strip() and not line.startswith("# "))
     fig.text(0.06, 0.40, _wrap("Model card (summary)\n" + card, 120)[:4000], fontsize=6.5, va="top")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="pdf", metadata={"Title": f"{record.image} - {record.model}",
