@@ -22,6 +22,7 @@ from pipelines.core.errors import DataError
 from pipelines.core.images import decode_image
 from pipelines.datasets.images import ImageTableDataset
 from pipelines.engine.calibration import Calibration
+from pipelines.engine.classification import image_cache_size
 from pipelines.engine.explain import gradcam
 from pipelines.model_store import CARD, WEIGHTS, list_models, load_model
 from pipelines.serving import classify
@@ -187,7 +188,9 @@ def test_classify_matches_the_evaluation_path_on_a_real_breakhis_png(store):
     stored = load_model("breakhis-b0", store)
     path = real_png()
     prediction = classify(stored, path.read_bytes(), path.name)
-    dataset = ImageTableDataset([path], np.array([0]), build_transform("none", stored.image_size))
+    # evaluation's image cache holds its own final resize: served = evaluated, to the decimal (a 700x460 photo)
+    dataset = ImageTableDataset([path], np.array([0]), build_transform("none", stored.image_size),
+                                cache_size=image_cache_size("none", stored.image_size))
     raw = predict(stored.model, make_loader(dataset, 1, 0, 0), torch.device("cpu"), amp=False, show=False)
     assert stored.spec.calibration["method"] in ("none", "temperature", "vector") and prediction.calibrated
     expected = Calibration.from_dict(stored.spec.calibration).apply(raw)[0]  # the map fitted on validation

@@ -29,8 +29,10 @@ class ImageTableDataset(_AugmentedDataset):
         paths: image files.
         labels: integer class per file.
         transform: albumentations-style callable ``transform(image=HWC uint8) -> {"image": CHW tensor}``.
-        cache_size: when set, decoded images are resized so their short side is this many pixels and
-            kept in memory (per worker process), which makes small data sets fast on a CPU.
+        cache_size: when set, decoded images are downsized and kept in memory (per worker process), which
+            makes small data sets fast on a CPU: an int is the short side (room for training's crops); an
+            ``(h, w)`` pair is evaluation's own resize, done once, so a cached image is exactly what a served
+            image becomes (two resizes in a row would not be).
     """
 
     def __init__(
@@ -38,7 +40,7 @@ class ImageTableDataset(_AugmentedDataset):
         paths: Sequence[str | Path],
         labels: Sequence[int],
         transform: Callable,
-        cache_size: int | None = None,
+        cache_size: int | tuple[int, int] | None = None,
     ):
         if len(paths) != len(labels):
             raise ValueError("paths and labels differ in length")
@@ -60,8 +62,9 @@ class ImageTableDataset(_AugmentedDataset):
             import cv2
 
             h, w = image.shape[:2]
-            scale = self.cache_size / min(h, w)
-            if scale < 1:
+            if isinstance(self.cache_size, tuple):
+                image = cv2.resize(image, self.cache_size[::-1], interpolation=cv2.INTER_AREA)
+            elif (scale := self.cache_size / min(h, w)) < 1:
                 size = (max(1, round(w * scale)), max(1, round(h * scale)))
                 image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
             self._cache[index] = image

@@ -86,11 +86,16 @@ class LabelledImages:
             [self.root / p for p in rows["path"]],
             self.labels(split),
             build_transform(augment, image_size, self.aspect, self.stain),
-            cache_size=round(image_size * 1.25) if cache else None,
+            cache_size=image_cache_size(augment, image_size) if cache else None,
         )
 
     def check_files(self) -> None:
         check_split_files(self.root, self.table["path"])
+
+
+def image_cache_size(augment: str, image_size: int) -> int | tuple[int, int]:
+    """Training keeps room to crop; evaluation caches its own final resize, so its inputs equal serving's."""
+    return (image_size, image_size) if augment == "none" else round(image_size * 1.25)
 
 
 def check_split_files(root: Path, paths) -> None:
