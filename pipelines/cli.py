@@ -10,6 +10,7 @@
     pipelines app [--store DIR] [--host ADDRESS] [--port N]
     pipelines tile --model RUN_DIR|WEIGHTS INPUT... --output DIR [--tile N] [--overlap N]
                    [--workers N | --scheduler ADDRESS] [--vectorize] [--probabilities] [--overwrite]
+    pipelines score FOOTPRINTS REFERENCE [--area FILE] [--iou 0.5] [--min-area 20] [--output FILE.csv]
     pipelines synth --images DIR --masks DIR --output DIR [--size N] [--steps N] [--local-enhancer] ...
 
 User mistakes end with one line ``error: ...`` and exit status 2; the last line ``run`` prints on
@@ -25,6 +26,7 @@ import sys
 from pathlib import Path
 
 from pipelines.core.errors import ConfigError, PipelinesError, one_line
+from pipelines.footprints.command import add_score_parser
 from pipelines.runs.folder import METRICS_FILE
 
 log = logging.getLogger("pipelines")
@@ -129,6 +131,8 @@ def _build_parser() -> argparse.ArgumentParser:
     tl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="change one option by its name, e.g. --set batch_size=8 (repeatable)")
     tl.set_defaults(func=cmd_tile)
+
+    add_score_parser(sub)
 
     sy = sub.add_parser("synth", help="train pix2pixHD from wound masks to photos (paired by file stem); "
                         "resumable; sample grids and the generator in --output")
