@@ -80,6 +80,32 @@ def test_mask_polygons_are_the_connected_regions_with_their_pixel_areas():
     assert (c.true, c.matched, c.f1) == (2, 2, 1.0)  # the 4 px region is under the minimum on both sides
 
 
+def test_run_scorer_cuts_nodata_out_and_scores_each_cleaning_step(tmp_path):
+    from pipelines.footprints.evaluation import ObjectScorer, draw_footprints
+
+    target = np.zeros((64, 64), np.uint8)
+    target[4:14, 4:14] = target[30:40, 30:40] = target[50:60, 2:12] = 1
+    pred = target.copy()
+    pred[50:60, 2:12] = 0  # one missed
+    pred[4:14, 40:50] = 1  # one false, in no-data
+    valid = np.ones_like(target, bool)
+    valid[:, 38:] = False
+    scorer = ObjectScorer({"bootstrap": 0})
+    scorer.add(pred, target, valid)
+    scorer.add(target, target)  # a perfect tile
+    s = scorer.summary(bootstrap=50)
+    assert (s["true"], s["predicted"], s["matched"]) == (6, 5, 5) and s["f1"] == pytest.approx(10 / 11, abs=1e-4)
+    assert set(s["by_cleaning"]) == {"configured", "none", "fill_holes", "simplify", "regularize"}
+    assert scorer.columns()["objects_matched"] == [2, 3] and len(s["ci95"]["f1"]) == 2
+    image = np.zeros((64, 64, 3), np.uint8)
+    predicted, truth = scorer.footprints(pred, target, valid)
+    draw_footprints(image, predicted, truth, 0.5, 20, tmp_path / "f.png")
+    from PIL import Image
+
+    drawn = np.asarray(Image.open(tmp_path / "f.png"))
+    assert drawn[4, 4:14, 1].max() > 150 and drawn[50, 2:12, 2].max() > 150  # matched green; missed: blue only
+
+
 def test_cleaning_fills_small_holes_drops_specks_and_squares_a_ragged_outline():
     rng = np.random.default_rng(0)
     mask = np.zeros((60, 60), np.uint8)

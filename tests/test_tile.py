@@ -182,6 +182,33 @@ def test_real_geotiffs_keep_crs_transform_and_size(model_file, tmp_path):
         assert src.crs.to_epsg() is None  # geostationary, no EPSG code: kept as its WKT
 
 
+def test_footprints_cleaned_into_a_geopackage_in_the_rasters_crs(model_file, tmp_path):
+    needs_data()
+    gpd = pytest.importorskip("geopandas")
+    raw = tile(model_file, [RGB1], tmp_path / "raw", vectorize=True)
+    assert not raw.failed
+    clean = tile(model_file, [RGB1], tmp_path / "clean", vectorize=True, footprint_format="gpkg", min_area=50.0,
+                 fill_holes=50.0, regularize=True, simplify=2.0)
+    assert not clean.failed
+    before = gpd.read_file(tmp_path / "raw" / "rgb1.geojson")
+    after = gpd.read_file(tmp_path / "clean" / "rgb1.gpkg")
+    with rasterio.open(RGB1) as src:
+        assert after.crs == before.crs and after.crs.to_epsg() == src.crs.to_epsg()
+    assert 0 < len(after) <= len(before) and (after.geometry.area >= 50.0).all()
+    assert {"pixels", "area", "mean_probability"} <= set(after.columns)
+    assert after["area"].to_numpy() == pytest.approx(after.geometry.area.to_numpy())
+    assert not any(g.interiors and min(type(g)(r).area for r in g.interiors) < 50.0
+                   for g in after.geometry if g.geom_type == "Polygon")
+    # the cleaned footprints scored against the raw ones: the big ones survive
+    from pipelines.footprints.score import score_footprint_files
+
+    s = score_footprint_files(tmp_path / "clean" / "rgb1.gpkg", tmp_path / "raw" / "rgb1.geojson", RGB1,
+                              min_area=50.0).summary
+    assert s["predicted"] == len(after) and s["recall"] > 0.5, s
+    manifest = json.loads((tmp_path / "clean" / "manifest.json").read_text())["inputs"]
+    assert next(iter(manifest.values()))["vectors"].endswith("rgb1.gpkg")
+
+
 def test_mosaic_of_adjacent_tiles_equals_the_merged_raster(model_file, rgb_probs, rgb1_probs, tmp_path):
     """rgb1-4 are the four quarters of RGB.byte.tif (one pixel shared at the seams); as one mosaic their
     output equals the merged raster's, seams included. Processed one by one, the seams differ."""
@@ -335,6 +362,8 @@ def test_bad_inputs_each_get_one_line_and_the_good_file_finishes(model_file, tmp
     (["--device", "tpu"], "bad --device 'tpu'"),
     (["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "not allowed with argument"),
     (["--model", "nowhere.safetensors"], "model nowhere.safetensors not found"),
+    (["--regularize"], "add --vectorize"),
+    (["--vectorize", "--simplify", "-1"], "simplify must be >= 0"),
 ])
 def test_job_level_mistakes_end_with_one_line(model_file, tmp_path, capsys, extra, match):
     argv = ["tile", str(tmp_path), "--model", str(model_file), "--output", str(tmp_path / "out"), "--tile", str(TILE),

@@ -150,15 +150,50 @@ def _score_splits(model: nn.Module, data: TileTable, cfg: Mapping, e: Mapping, r
 
     report: dict = {}
     for split in ("val", "test"):
-        scores, rows = score_tiles(model, data.tiles(split), e, loss_fn=loss, desc=f"evaluate {split}",
-                                   visit=overlay if split == "test" else None,
+        objects = _object_scorer(e, data, run_dir / "plots" / "footprints" if split == "test" else None)
+
+        def visit(tile: Tile, pred: np.ndarray, test: bool = split == "test", objects=objects) -> None:
+            if test:
+                overlay(tile, pred)
+            if objects is not None:
+                objects(tile, pred)
+
+        scores, rows = score_tiles(model, data.tiles(split), e, loss_fn=loss, desc=f"evaluate {split}", visit=visit,
                                    bootstrap=e["bootstrap"] if split == "test" else 0, seed=int(cfg["seed"]),
                                    classes=data.classes, **settings)
         scores["chance"] = chance_scores(scores)
+        if objects is not None:
+            scores["objects"] = objects.scorer.summary(e["bootstrap"] if split == "test" else 0, int(cfg["seed"]))
+            rows = rows.assign(**objects.scorer.columns())
         report[split] = {"target": data.target, **scores}
         if split == "test":
             write_csv(run_dir / TILES, rows)
     return report
+
+
+class _TileObjects:
+    """score_tiles' visitor for object-level scores (``eval.objects``), drawing the first ``eval.footprints``
+    tiles' footprints into ``pictures``."""
+
+    def __init__(self, e: Mapping, pictures: Path | None):
+        from pipelines.footprints.evaluation import ObjectScorer
+
+        self.scorer = ObjectScorer(e, variants=bool(e.get("cleaning_variants", True)))
+        self.pictures, self.left = pictures, int(e.get("footprints", 0)) if pictures else 0
+
+    def __call__(self, tile: Tile, pred: np.ndarray) -> None:
+        from pipelines.footprints.evaluation import draw_footprints
+
+        self.scorer.add(pred, tile.target, tile.valid)
+        if self.left > 0:
+            self.left -= 1
+            predicted, truth = self.scorer.footprints(pred, tile.target, tile.valid)
+            draw_footprints(tile.image, predicted, truth, self.scorer.iou, self.scorer.min_area,
+                            self.pictures / f"{tile.name.replace('/', '__')}.png")
+
+
+def _object_scorer(e: Mapping, data: TileTable, pictures: Path | None) -> _TileObjects | None:
+    return _TileObjects(e, pictures) if e.get("objects") and not data.classes else None
 
 
 def summary_lines(split: str, m: Mapping) -> list[str]:
@@ -170,7 +205,17 @@ def summary_lines(split: str, m: Mapping) -> list[str]:
         return [f"{split}: {m.get('target', 'target')} IoU {m['iou']:.3f}{iou_ci} and Dice {m['f1']:.3f} (means over "
                 f"the foreground classes), mean IoU {m['mean_iou']:.3f} (background included), pixel accuracy "
                 f"{m['pixel_accuracy']:.3f} ({m['n_tiles']} tiles); IoU per class: {classes}"]
-    return [f"{split}: {m.get('target', 'target')} IoU {m['iou']:.3f}{iou_ci}, F1 (Dice) {m['f1']:.3f}, "
-            f"precision {m['precision']:.3f}, "
-            f"recall {m['recall']:.3f}, relaxed P/R {m['relaxed_precision']:.3f}/{m['relaxed_recall']:.3f}, "
-            f"mean IoU {m['mean_iou']:.3f}, pixel accuracy {m['pixel_accuracy']:.3f} ({m['n_tiles']} tiles)"]
+    lines = [f"{split}: {m.get('target', 'target')} IoU {m['iou']:.3f}{iou_ci}, F1 (Dice) {m['f1']:.3f}, "
+             f"precision {m['precision']:.3f}, "
+             f"recall {m['recall']:.3f}, relaxed P/R {m['relaxed_precision']:.3f}/{m['relaxed_recall']:.3f}, "
+             f"mean IoU {m['mean_iou']:.3f}, pixel accuracy {m['pixel_accuracy']:.3f} ({m['n_tiles']} tiles)"]
+    if o := m.get("objects"):
+        def f(x):
+            return "n/a" if x is None else f"{x:.3f}"
+
+        ci = (o.get("ci95") or {}).get("f1")
+        lines.append(f"{split}: objects (IoU >= {o['iou_threshold']}, >= {o['min_area_px']:g} px) F1 {f(o['f1'])}"
+                     + (" [{:.3f}, {:.3f}]".format(*ci) if ci else "")
+                     + f", precision {f(o['precision'])}, recall {f(o['recall'])} ({o['matched']} matched of "
+                     f"{o['true']} true, {o['predicted']} predicted)")
+    return lines

@@ -65,9 +65,8 @@ def clean_footprints(frame, opts: CleanOptions):
     if opts.regularize:
         from buildingregulariser import regularize_geodataframe
 
-        with warnings.catch_warnings():  # its pandas idioms warn under pandas 3; the results are unaffected
-            warnings.simplefilter("ignore", FutureWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
+        with warnings.catch_warnings():  # pandas-3 deprecations, and "returning original polygon" where
+            warnings.simplefilter("ignore")  # squaring would change a shape too much (it keeps the original)
             frame = regularize_geodataframe(frame, simplify_tolerance=opts.simplify or 1.0, num_cores=1,
                                             allow_circles=False)
     elif opts.simplify:

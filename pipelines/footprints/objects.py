@@ -108,7 +108,7 @@ def mask_polygons(mask: np.ndarray) -> list:
     return [shape(geom) for geom, _ in shapes(mask, mask=mask > 0, connectivity=4)]
 
 
-def _rounded(x: float | None) -> float | None:
+def rounded(x: float | None) -> float | None:
     return None if x is None else round(float(x), 4)
 
 
@@ -117,10 +117,10 @@ def object_summary(total: ObjectCounts, per_tile: Sequence[ObjectCounts] = (), b
     """metrics.json's ``objects`` entry: precision, recall, F1, the counts, the IoU distribution of the
     matches and, with ``bootstrap`` resamples of the tiles, a 95% interval of F1."""
     ious = np.asarray(total.ious, np.float64)
-    out = {"precision": _rounded(total.precision), "recall": _rounded(total.recall), "f1": _rounded(total.f1),
+    out = {"precision": rounded(total.precision), "recall": rounded(total.recall), "f1": rounded(total.f1),
            "true": total.true, "predicted": total.predicted, "matched": total.matched,
            "iou_threshold": iou_threshold, "min_area_px": min_area,
-           "match_iou": {"mean": _rounded(ious.mean()) if ious.size else None,
+           "match_iou": {"mean": rounded(ious.mean()) if ious.size else None,
                          "quartiles": [round(float(q), 4) for q in np.quantile(ious, [0.25, 0.5, 0.75])]
                          if ious.size else None,
                          "histogram": {"edges": [round(e, 2) for e in np.linspace(iou_threshold, 1, 6)],

@@ -109,6 +109,7 @@ class _Driver:
         self.tile = opts.tile or self.spec.tile
         self.threshold = self.spec.threshold if opts.threshold is None else opts.threshold
         self.precision = tile_precision(opts.precision, self.weights)
+        self.vector_suffix = ".geojson"
         self._check_settings()
         self.kind = OutputKind(opts.probabilities, self.spec.classes)
         self.manifest = Manifest(self.out)
@@ -133,6 +134,14 @@ class _Driver:
             raise ConfigError("--workers starts a local cluster and --scheduler uses an existing one; pass one")
         if o.scale is not None and o.scale <= 0:
             raise ConfigError(f"--scale {o.scale}: must be positive (the value that maps to 1.0)")
+        if o.vectorize:
+            from pipelines.footprints.files import format_suffix
+
+            self.vector_suffix = format_suffix(o.footprint_format)
+            o.cleaning()  # checks the values
+        elif o.cleaning().active or o.footprint_format != "geojson":
+            raise ConfigError("--format, --min-area, --fill-holes, --simplify and --regularize shape footprints; "
+                              "add --vectorize")
         if self.spec.classes > 1 and o.vectorize:
             log.info("vectorize: one polygon layer with a 'class' property for the %d classes", self.spec.classes)
 
@@ -150,6 +159,8 @@ class _Driver:
               "vectorize": self.opts.vectorize, "scale": input_scale(scene.dtype, self.opts.scale),
               "input_bytes": scene.bytes, "input_mtime_ns": scene.mtime_ns, "format": FORMAT,
               "precision": self.precision}
+        if self.opts.vectorize:
+            fp["footprints"] = {"format": self.opts.footprint_format, **self.opts.cleaning().as_dict()}
         if self.opts.loader:
             fp["loader"] = self.opts.loader
         if members:  # a mosaic: its VRT is rewritten every run, its members are what count
@@ -158,7 +169,7 @@ class _Driver:
         return fp
 
     def _outputs(self, name: str) -> tuple[Path, Path | None]:
-        return self.out / f"{name}.tif", (self.out / f"{name}.geojson" if self.opts.vectorize else None)
+        return self.out / f"{name}.tif", (self.out / f"{name}{self.vector_suffix}" if self.opts.vectorize else None)
 
     def _record(self, scene: Scene, name: str) -> dict:
         output, vectors = self._outputs(name)
@@ -282,7 +293,7 @@ class _Driver:
         from rasterio.windows import Window
 
         from pipelines.tiling.raster_io import PROB_NODATA
-        from pipelines.tiling.vectorize import write_footprints
+        from pipelines.tiling.vectorize import finish_footprints, write_footprints
 
         scene, grid, kind = job.scene, job.grid, self.kind
         output, vectors = self._outputs(job.name)
@@ -332,13 +343,18 @@ class _Driver:
                 for ds in extra:
                     ds.close()
         if vectors:
-            n = write_footprints(labels_tmp, probs_tmp, self.partial / f"{job.name}.geojson", scene.transform,
-                                 scene.crs, scene.epsg, kind.classes, job.name)
+            raw = self.partial / f"{job.name}.geojson"
+            n = write_footprints(labels_tmp, probs_tmp, raw, scene.transform, scene.crs, scene.epsg, kind.classes,
+                                 job.name)
             log.info("%s: %d footprints", job.name, n)
+            if self.vector_suffix != ".geojson" or self.opts.cleaning().active:
+                kept = finish_footprints(raw, self.partial / f"{job.name}{self.vector_suffix}", scene.crs,
+                                         self.opts.cleaning())
+                log.info("%s: %d footprints after cleaning (%s)", job.name, kept, self.opts.cleaning().as_dict())
         write_cog(tmp, output, kind.resampling, predictor=3 if kind.probabilities else 2)
         if vectors:
-            os.replace(self.partial / f"{job.name}.geojson", vectors)
-        for p in (tmp, labels_tmp, probs_tmp):
+            os.replace(self.partial / f"{job.name}{self.vector_suffix}", vectors)
+        for p in (tmp, labels_tmp, probs_tmp, self.partial / f"{job.name}.geojson"):
             p.unlink(missing_ok=True)
 
 

@@ -33,6 +33,17 @@ class TileOptions:
     mosaic: str | None = None
     loader: str | None = None  # "module:function" for models that are not saved segmenters (Python API only)
     precision: str = "auto"  # fp32 | bf16 | auto (what the run's parity check chose, else fp32)
+    # footprints (with vectorize): the file format and the cleaning (CRS units: metres, square metres)
+    footprint_format: str = "geojson"  # geojson | gpkg | fgb
+    min_area: float = 0.0
+    fill_holes: float = 0.0
+    simplify: float = 0.0
+    regularize: bool = False
+
+    def cleaning(self):
+        from pipelines.footprints.clean import CleanOptions
+
+        return CleanOptions(self.min_area, self.fill_holes, self.simplify, self.regularize)
 
 
 @dataclass

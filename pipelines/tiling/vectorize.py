@@ -12,6 +12,10 @@ mask pixel for pixel and areas are in the CRS's units (square metres for a proje
 
 Properties: ``pixels``, ``area`` (pixels x pixel area, CRS units squared), ``mean_probability`` (over the
 polygon's pixels), and ``class`` for models with several classes.
+
+:func:`finish_footprints` then cleans them (:mod:`pipelines.footprints.clean`: specks, holes, simplified or
+squared outlines) and writes GeoPackage or FlatGeobuf where asked, through GDAL's drivers; ``area`` is then
+the cleaned polygon's, ``pixels`` and ``mean_probability`` stay the raw region's.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["write_footprints", "crs_member"]
+__all__ = ["write_footprints", "finish_footprints", "crs_member"]
 
 CHUNK = 2048
 
@@ -97,3 +101,18 @@ def write_footprints(labels: Path, probs: Path, out: Path, transform: tuple[floa
         os.fsync(fh.fileno())
     os.replace(tmp, out)
     return n
+
+
+def finish_footprints(raw: Path, out: Path, crs_wkt: str, cleaning) -> int:
+    """The raw GeoJSON footprints cleaned (``cleaning``: a :class:`~pipelines.footprints.clean.CleanOptions`)
+    -> ``out`` in the format its suffix names, atomically. Returns the number kept."""
+    import geopandas as gpd
+
+    from pipelines.footprints.clean import clean_footprints
+    from pipelines.footprints.files import write_footprint_file
+
+    frame = gpd.read_file(raw, engine="pyogrio")
+    frame = frame.set_crs(crs_wkt, allow_override=True)  # the raster's own CRS, also where it has no EPSG code
+    frame = clean_footprints(frame, cleaning)
+    write_footprint_file(frame, out)
+    return len(frame)

@@ -1,4 +1,4 @@
-"""``pipelines score``'s arguments and what it does (kept here so cli.py stays the list of commands)."""
+"""``pipelines score``: its arguments and what it does."""
 
 from __future__ import annotations
 
