@@ -160,6 +160,56 @@ def test_dask_local_cluster_equals_in_process(model_file, rgb1_probs, tmp_path):
 
 # --- georeferencing, nodata, mosaics ------------------------------------------------------------------------
 
+def test_onnxruntime_engine_equals_torch_and_exports_once(model_file, rgb1_probs, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="pipelines.tiling"):
+        tile(model_file, [RGB1], tmp_path, probabilities=True, block_tiles=1, engine="onnxruntime")
+        graphs = list((tmp_path / ".engine").glob("*.onnx"))
+        assert len(graphs) == 1 and graphs[0].name.endswith(f"-3x{TILE}.onnx")
+        assert np.abs(read(tmp_path / "rgb1.tif") - rgb1_probs).max() < 1e-5
+        manifest = json.loads((tmp_path / "manifest.json").read_text())["inputs"]
+        assert [e["engine"] for e in manifest.values()] == ["onnxruntime"]
+        caplog.clear()
+        summary = tile(model_file, [RGB1], tmp_path, probabilities=True, block_tiles=1, engine="onnxruntime")
+    assert summary.skipped and "exporting" not in caplog.text  # the graph and the output are reused
+    refused = tile(model_file, [RGB1], tmp_path, probabilities=True, block_tiles=1)  # another engine: not reused
+    assert "(engine onnxruntime -> torch)" in next(iter(refused.failed.values()))
+
+
+def test_d4_turns_every_prediction_back_before_averaging():
+    from pipelines.tiling.engines import d4_average
+
+    batch = np.random.default_rng(0).normal(size=(2, 3, 8, 8)).astype(np.float32)
+    assert np.allclose(d4_average(lambda b: b[:, :1] * 2, batch), batch[:, :1] * 2)  # equivariant: unchanged
+    rows = np.broadcast_to(np.arange(8, dtype=np.float32)[:, None], (2, 1, 8, 8))
+    assert np.allclose(d4_average(lambda b: rows, batch), 3.5)  # a fixed map: its average over the 8 symmetries
+    with pytest.raises(ValueError, match="square"):
+        d4_average(lambda b: b, batch[..., :4])
+
+
+def test_d4_tiling_equals_the_sliding_window_of_the_averaged_model(model_file, tmp_path):
+    import torch
+
+    from pipelines.engine.sliding_window import sliding_window_predict
+    from pipelines.models import load_model
+    from pipelines.tiling.engines import d4_average
+    from pipelines.tiling.raster_io import prepare
+
+    needs_data()
+    tile(model_file, [RGB1], tmp_path, probabilities=True, tta="d4")
+    loaded = load_model(model_file)
+    with rasterio.open(RGB1) as ds:
+        valid = ds.dataset_mask() > 0
+        x = torch.from_numpy(prepare(ds.read(), valid, loaded.spec.input.mean, loaded.spec.input.std, 255.0))
+    plain = lambda a: torch.sigmoid(loaded.model(torch.from_numpy(a))).numpy()  # noqa: E731
+    with torch.inference_mode():
+        prob = sliding_window_predict(lambda b: torch.from_numpy(d4_average(plain, b.numpy())), x, TILE, OVERLAP, 4)
+    got = read(tmp_path / "rgb1.tif")[:, valid]
+    assert np.abs(got - prob.numpy()[:, valid]).max() < 1e-5
+    with torch.inference_mode():
+        single = sliding_window_predict(lambda b: torch.sigmoid(loaded.model(b)), x, TILE, OVERLAP, 4)
+    assert np.abs(got - single.numpy()[:, valid]).max() > 1e-3  # the averaging did something
+
+
 def test_real_geotiffs_keep_crs_transform_and_size(model_file, tmp_path):
     needs_data()
     inputs = [GEOTIFF / f"rgb{i}.tif" for i in range(1, 5)] + [GEOTIFF / "goes.tif"]
@@ -364,6 +414,8 @@ def test_bad_inputs_each_get_one_line_and_the_good_file_finishes(model_file, tmp
     (["--model", "nowhere.safetensors"], "model nowhere.safetensors not found"),
     (["--regularize"], "add --vectorize"),
     (["--vectorize", "--simplify", "-1"], "simplify must be >= 0"),
+    (["--engine", "onnxruntime", "--precision", "bf16"], "--precision bf16 runs on the torch engine"),
+    (["--engine", "onnxruntime", "--device", "cuda"], "--engine onnxruntime runs on the CPU"),
 ])
 def test_job_level_mistakes_end_with_one_line(model_file, tmp_path, capsys, extra, match):
     argv = ["tile", str(tmp_path), "--model", str(model_file), "--output", str(tmp_path / "out"), "--tile", str(TILE),

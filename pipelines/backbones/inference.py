@@ -32,7 +32,7 @@ _CONV_FOR_BN = {nn.BatchNorm1d: nn.Conv1d, nn.BatchNorm2d: nn.Conv2d, nn.BatchNo
 class FusionReport:
     before: int  # BatchNorm layers in the model
     after: int  # BatchNorm layers left (not after a convolution, or in an untraceable model)
-    traced: bool  # whether the graph pass could trace the model
+    traced: bool  # whether the whole model traced as one graph (else its parts were folded one by one)
 
 
 def count_batchnorms(model: nn.Module) -> int:
@@ -62,10 +62,14 @@ class _BatchNormLeafTracer(fx.Tracer):
 
 
 def _fold_traced(model: nn.Module) -> bool:
+    """Fold what tracing ``model`` finds; where the whole will not trace (data-dependent control flow such
+    as smp's input-shape check), fold its children one by one. True when the whole traced."""
     try:
         graph = _BatchNormLeafTracer().trace(model)
-    except Exception as exc:  # dynamic control flow: keep the BatchNorms, the model still works
-        log.debug("graph fusion skipped for %s: %s", type(model).__name__, exc)
+    except Exception as exc:  # dynamic control flow: fold the parts, keep the BatchNorms they hold
+        log.debug("graph fusion of %s goes by parts: %s", type(model).__name__, exc)
+        for child in model.children():
+            _fold_traced(child)
         return False
     for node in graph.nodes:
         if node.op != "call_module" or len(node.args) != 1 or not isinstance(node.args[0], fx.Node):

@@ -24,6 +24,12 @@ def add_tile_parser(sub) -> None:
     tl.add_argument("--precision", default="auto",
                     help="fp32 | bf16 | auto: bf16 autocast where the processor has the units; auto = what the run's "
                          "parity check (eval.precision=auto) chose, else fp32 (default: auto)")
+    tl.add_argument("--engine", default="torch", choices=("torch", "onnxruntime"),
+                    help="torch: BatchNorm folded, channels-last, CPU or CUDA, fp32 or bf16; onnxruntime: the "
+                         "model's ONNX graph (exported once into OUTPUT/.engine, parity-checked), CPU, fp32 "
+                         "(default: torch)")
+    tl.add_argument("--tta", default="none", choices=("none", "d4"),
+                    help="d4: average each window over its eight flips and quarter turns (8x the compute)")
     tl.add_argument("--probabilities", action="store_true",
                     help="write float32 probabilities (nodata -1) instead of a uint8 0/1 mask (nodata 255)")
     tl.add_argument("--vectorize", action="store_true",
@@ -70,7 +76,7 @@ def cmd_tile(args) -> int:
                        workers=args.workers, scheduler=args.scheduler, overwrite=args.overwrite,
                        block_tiles=args.block_tiles, scale=args.scale, mosaic=args.mosaic, precision=args.precision,
                        footprint_format=args.footprint_format, min_area=args.min_area, fill_holes=args.fill_holes,
-                       simplify=args.simplify, regularize=args.regularize)
+                       simplify=args.simplify, regularize=args.regularize, engine=args.engine, tta=args.tta)
     summary = run_job(opts)
     print(summary.output, flush=True)
     return 2 if summary.failed else 0

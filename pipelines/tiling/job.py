@@ -40,6 +40,7 @@ import numpy as np
 from pipelines.core.device import DEVICES, resolve_device
 from pipelines.core.errors import ConfigError, PipelinesError, one_line
 from pipelines.core.io import file_sha256
+from pipelines.tiling.engines import check_engine, export_graph
 from pipelines.tiling.executors import _Dask, _default_workers, _InProcess
 from pipelines.tiling.files import (
     RASTER_SUFFIXES,
@@ -49,7 +50,7 @@ from pipelines.tiling.files import (
     _save_npy,
     _weights_file,
 )
-from pipelines.tiling.manifest import Manifest, Sidecar, describe_change, now
+from pipelines.tiling.manifest import IMPLIED, Manifest, Sidecar, describe_change, now
 from pipelines.tiling.options import JobSummary, TileOptions, tile_precision
 from pipelines.tiling.plan import Grid, default_block_tiles
 from pipelines.tiling.raster_io import (
@@ -101,6 +102,7 @@ class _Driver:
         self.device = opts.device
         if opts.device not in DEVICES:
             raise ConfigError(f"bad --device {opts.device!r}; choose one of {', '.join(DEVICES)}")
+        check_engine(opts.engine, opts.tta, opts.precision, opts.device)
         if not opts.scheduler:  # a remote cluster's workers may have GPUs this machine lacks
             resolve_device(opts.device)
         self.weights = _weights_file(opts.model)
@@ -108,10 +110,16 @@ class _Driver:
         _, self.spec = load_model(str(self.weights), self.sha, "cpu", opts.loader)  # here only for its spec
         self.tile = opts.tile or self.spec.tile
         self.threshold = self.spec.threshold if opts.threshold is None else opts.threshold
-        self.precision = tile_precision(opts.precision, self.weights)
+        if opts.engine == "onnxruntime":
+            self.device = "cpu"
+        self.precision = tile_precision(opts.precision, self.weights, opts.engine)
         self.vector_suffix = ".geojson"
         self._check_settings()
         self.kind = OutputKind(opts.probabilities, self.spec.classes)
+        self.graph = None
+        if opts.engine == "onnxruntime":
+            model, _ = load_model(str(self.weights), self.sha, "cpu", opts.loader)
+            self.graph = str(export_graph(model, self.spec.in_channels, self.sha, self.tile, self.out / ".engine"))
         self.manifest = Manifest(self.out)
         self.jobs: dict[str, _Job] = {}
         self.names: dict[str, str] = {}
@@ -159,6 +167,7 @@ class _Driver:
               "vectorize": self.opts.vectorize, "scale": input_scale(scene.dtype, self.opts.scale),
               "input_bytes": scene.bytes, "input_mtime_ns": scene.mtime_ns, "format": FORMAT,
               "precision": self.precision}
+        fp.update({k: getattr(self.opts, k) for k, implied in IMPLIED.items() if getattr(self.opts, k) != implied})
         if self.opts.vectorize:
             fp["footprints"] = {"format": self.opts.footprint_format, **self.opts.cleaning().as_dict()}
         if self.opts.loader:
@@ -178,7 +187,7 @@ class _Driver:
                 "vectors": str(vectors.resolve()) if vectors else None, "model": str(self.weights),
                 "model_sha256": self.sha, "tile": self.tile, "overlap": self.opts.overlap,
                 "threshold": self.threshold, "probabilities": self.opts.probabilities, "device": self.device,
-                "precision": self.precision}
+                "precision": self.precision, "engine": self.opts.engine, "tta": self.opts.tta}
 
     def plan_scene(self, scene: Scene, name: str, members: list[Scene] | None = None) -> None:
         path = scene.path
@@ -242,7 +251,8 @@ class _Driver:
                     break
                 yield BlockTask(s.path, s.source, s.bands, block, s.height, s.width, self.tile, self.opts.overlap,
                                 g.block_tiles, str(self.weights), self.sha, self.device, self.opts.batch_size,
-                                input_scale(s.dtype, self.opts.scale), self.opts.loader, self.precision)
+                                input_scale(s.dtype, self.opts.scale), self.opts.loader, self.precision,
+                                self.opts.engine, self.graph, self.opts.tta)
 
     def on_result(self, task: BlockTask, result: BlockResult | BaseException) -> bool:
         """Store one block; True when it was its scene's last."""

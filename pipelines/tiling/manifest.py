@@ -40,11 +40,16 @@ def _short(value):
     return f"{value[:10]}.." if isinstance(value, str) and len(value) > 24 else value
 
 
+# settings a fingerprint names only when they differ from these, so outputs made before they existed still
+# count as made with the same settings
+IMPLIED = {"engine": "torch", "tta": "none"}
+
+
 def describe_change(old: dict, new: dict) -> str:
     """``"tile 512 -> 256, model_sha256 3f2a.. -> 9c01.."``: what differs between two fingerprints."""
     parts = []
     for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
+        a, b = old.get(key, IMPLIED.get(key)), new.get(key, IMPLIED.get(key))
         if a != b:
             parts.append(f"{key} {_short(a)} -> {_short(b)}")
     return ", ".join(parts) or "nothing"

@@ -33,6 +33,8 @@ class TileOptions:
     mosaic: str | None = None
     loader: str | None = None  # "module:function" for models that are not saved segmenters (Python API only)
     precision: str = "auto"  # fp32 | bf16 | auto (what the run's parity check chose, else fp32)
+    engine: str = "torch"  # torch | onnxruntime (see pipelines.tiling.engines)
+    tta: str = "none"  # none | d4 (the eight flips and rotations of each window, averaged)
     # footprints (with vectorize): the file format and the cleaning (CRS units: metres, square metres)
     footprint_format: str = "geojson"  # geojson | gpkg | fgb
     min_area: float = 0.0
@@ -63,9 +65,9 @@ class JobSummary:
 
 
 
-def tile_precision(asked: str, weights: Path) -> str:
+def tile_precision(asked: str, weights: Path, engine: str = "torch") -> str:
     """``--precision`` as the workers run it: ``auto`` is the run's parity-checked choice where it is one the
-    torch path runs (fp32, bf16), else fp32; int8 tiling is not offered (it needs an onnxruntime engine)."""
+    engine runs (torch: fp32, bf16; onnxruntime: fp32), else fp32; int8 tiling is not offered yet."""
     from pipelines.core.precision import check_precision
     from pipelines.engine.precision import checked_precision
 
@@ -74,5 +76,5 @@ def tile_precision(asked: str, weights: Path) -> str:
         raise ConfigError("--precision int8 is not offered for tiling yet; use bf16 (or auto, or fp32)")
     if asked == "auto":
         chosen = checked_precision(weights)
-        return chosen if chosen in ("fp32", "bf16") else "fp32"
+        return chosen if chosen == "bf16" and engine == "torch" else "fp32"
     return asked

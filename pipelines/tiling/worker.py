@@ -39,6 +39,9 @@ class BlockTask:
     scale: float
     loader: str | None = None
     precision: str = "fp32"  # fp32 or bf16 (bf16 falls back to fp32 on a worker without the units)
+    engine: str = "torch"  # torch | onnxruntime (see :mod:`pipelines.tiling.engines`)
+    graph: str | None = None  # the ONNX file the onnxruntime engine runs
+    tta: str = "none"  # none | d4
 
 
 @dataclass
@@ -102,23 +105,6 @@ def load_model(path: str, sha256: str, device: str, loader: str | None = None):
     return model.eval().to(device), spec
 
 
-def _predictor(model, classes: int, device: str, precision: str = "fp32"):
-    import torch
-
-    from pipelines.core.precision import precision_autocast, resolve_precision
-
-    torch_device = torch.device(device)
-    precision = resolve_precision(precision, torch_device)
-
-    def predict(batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode(), precision_autocast(torch_device, precision):
-            logits = model(torch.from_numpy(batch).to(device))
-            probs = torch.sigmoid(logits) if classes == 1 else torch.softmax(logits, dim=1)
-            return probs.float().cpu().numpy()
-
-    return predict
-
-
 def compute_block(task: BlockTask) -> BlockResult:
     """Run the model on the windows of ``task.block`` whose pixels are not all nodata and return the
     weighted sum of their probabilities over the block's extent (see :mod:`pipelines.tiling.plan`)."""
@@ -128,12 +114,13 @@ def compute_block(task: BlockTask) -> BlockResult:
     from rasterio.windows import Window
 
     from pipelines.engine.sliding_window import gaussian_weights
+    from pipelines.tiling.engines import predictor
     from pipelines.tiling.plan import Grid
     from pipelines.tiling.raster_io import GDAL_CACHE_BYTES, prepare
 
     tic = time.perf_counter()
     device = str(resolve_device(task.device))
-    model, spec = load_model(task.model, task.model_sha256, device, task.loader)
+    _, spec = load_model(task.model, task.model_sha256, device, task.loader)
     grid = Grid(task.height, task.width, task.tile, task.overlap, task.block_tiles)
     rows, cols = grid.extent(*task.block)
     window = Window(cols.start, rows.start, cols.size, rows.size)
@@ -151,7 +138,8 @@ def compute_block(task: BlockTask) -> BlockResult:
         image = F.pad(torch.from_numpy(image)[None], (0, pad_w, 0, pad_h), mode=grid.pad_mode)[0].numpy()
         valid = np.pad(valid, ((0, pad_h), (0, pad_w)))
     weights = gaussian_weights(task.tile).numpy()
-    predict = _predictor(model, spec.classes, device, task.precision)
+    predict = predictor(task.model, task.model_sha256, device, task.loader, task.precision, task.engine, task.graph,
+                        task.tta)
     t = task.tile
     windows = [(y - rows.start, x - cols.start) for y, x in grid.windows(*task.block)]
     todo = [(y, x) for y, x in windows if valid[y:y + t, x:x + t].any()]
