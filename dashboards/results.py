@@ -209,9 +209,27 @@ def evaluation_section(metrics: dict, headline: tuple[str, ...]) -> None:
     if per_class is not None:
         st.markdown("#### Per-class precision, recall, F1")
         st.dataframe(per_class.style.format(precision=3))
+    objects_section(split)
     for name, table in R.breakdown_tables(split).items():
         with st.expander(f"Scores {name}"):
             st.dataframe(table.style.format(precision=3))
+
+
+def objects_section(split: dict) -> None:
+    """Building footprints scored as objects (SpaceNet: one-to-one matches at IoU >= the threshold)."""
+    tables = R.object_tables(split)
+    if tables is None:
+        return
+    o = split["objects"]
+    st.markdown(f"#### Footprints as objects (IoU >= {o['iou_threshold']}, at least {o['min_area_px']:g} px)")
+    st.table(metrics_with_intervals(tables["scores"]))
+    st.caption("true {true}, predicted {predicted}, matched {matched}".format(**tables["counts"].iloc[0].to_dict()))
+    if "match_iou" in tables:
+        show(alt.Chart(tables["match_iou"]).mark_bar().encode(
+            x=alt.X("IoU:N", title="IoU of matched pairs"), y=alt.Y("matches:Q", title="matches")))
+    if "cleaning" in tables:
+        with st.expander("Scores by footprint cleaning"):
+            st.dataframe(tables["cleaning"].style.format(precision=3), hide_index=True)
 
 
 def metrics_with_intervals(summary: pd.DataFrame):
@@ -343,6 +361,13 @@ def segmentation_section(run_dir: Path) -> None:
             x=alt.X("tile:N", sort=order, title="tile (worst first)"), y=alt.Y("iou:Q", title="IoU"),
             tooltip=list(tiles.columns)))
         st.dataframe(tiles.sort_values("iou"), hide_index=True)
+    footprints = R.footprint_paths(run_dir)
+    if footprints:
+        st.markdown("#### Footprints over the test tiles")
+        columns = st.columns(GALLERY_COLUMNS)
+        for i, path in enumerate(footprints[:24]):
+            with columns[i % GALLERY_COLUMNS]:
+                st.image(str(path), caption=path.stem, width="stretch")
     if overlays:
         st.markdown("#### Overlays")
         columns = st.columns(GALLERY_COLUMNS)

@@ -158,3 +158,35 @@ def test_calibration_section_shows_scores_reliability_and_refer(monkeypatch, run
     assert sorted(set(summary["probabilities"])) == ["calibrated", "uncalibrated"]
     at = dashboard(monkeypatch, runs_root, view="Run detail", run="breakhis/subtype")
     assert any("NOT calibrated" in c.value for c in at.caption)
+
+
+def test_buildings_run_shows_footprints_as_objects(monkeypatch, tmp_path):
+    import json
+
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    run_dir = tmp_path / "buildings" / "demo"
+    write_config(run_dir, task="buildings", demo=True)
+    objects = {"precision": 0.7, "recall": 0.6, "f1": 0.6462, "true": 60, "predicted": 52, "matched": 36,
+               "iou_threshold": 0.5, "min_area_px": 20.0, "ci95": {"f1": [0.55, 0.75]},
+               "match_iou": {"mean": 0.76, "histogram": {"edges": [0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+                                                         "counts": [7, 4, 9, 14, 2]}},
+               "by_cleaning": {"none": {"f1": 0.6462, "matched": 36}, "regularize": {"f1": 0.63, "matched": 35}}}
+    split = {"iou": 0.68, "f1": 0.81, "n_tiles": 3, "ci95": {"iou": [0.58, 0.8]}, "objects": objects}
+    (run_dir / "metrics.json").write_text(json.dumps({"test": split, "val": split,
+                                                      "info": {"task": "buildings", "demo": True}}))
+    pd.DataFrame({"tile": ["a", "b"], "iou": [0.6, 0.7], "object_f1": [0.5, 0.8]}).to_csv(run_dir / "tiles.csv",
+                                                                                         index=False)
+    (run_dir / "plots" / "footprints").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(run_dir / "plots" / "footprints" / "a.png")
+    at = dashboard(monkeypatch, tmp_path, view="Run detail", run="buildings/demo")
+    texts = markdown_texts(at)
+    assert "#### Footprints as objects (IoU >= 0.5, at least 20 px)" in texts
+    assert "#### Footprints over the test tiles" in texts
+    table = next(t.value for t in at.table if "metric" in t.value.columns and "object F1" in set(t.value["metric"]))
+    assert table["95% CI (bootstrap)"].iloc[0] == "[0.5500, 0.7500]"
+    assert any("true 60, predicted 52, matched 36" in c.value for c in at.caption)
+    assert any("cleaning" in d.value.columns and list(d.value["cleaning"]) == ["none", "regularize"]
+               for d in at.dataframe)

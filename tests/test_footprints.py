@@ -207,3 +207,36 @@ def test_a_real_shapefile_scores_against_itself_moved_and_reprojected(tmp_path):
     expected = a.intersection(b).area / a.union(b).area  # in UTM, by shapely directly
     assert (s["true"], s["predicted"], s["matched"]) == (1, 1, 1) and s["match_iou"]["mean"] == pytest.approx(
         expected, abs=2e-3)
+
+
+def test_a_tile_mask_scores_as_objects_and_pixels_on_its_valid_area(tmp_path, capsys):
+    """``pipelines score MASK.tif REFERENCE``: the mask's regions are the footprints, its valid pixels the
+    area, so the area scores are the pixel scores against the rasterised reference."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    mask = np.zeros((40, 60), np.uint8)
+    mask[5:15, 5:15] = 1  # equals the first true square
+    mask[5:15, 37:45] = 1  # 8 of the second square's 10 columns: IoU 0.8
+    mask[25:28, 50:53] = 1  # a false positive of 9 px
+    mask[:, 55:] = 255  # nodata: the true square there is outside the scored area
+    with rasterio.open(tmp_path / "scene.tif", "w", driver="GTiff", width=60, height=40, count=1, dtype="uint8",
+                       crs="EPSG:32618", transform=from_origin(500000, 4100040, 1, 1), nodata=255) as ds:
+        ds.write(mask, 1)
+    x0, y_top = 500000, 4100040
+    ref = gpd.GeoDataFrame(geometry=[box(x0 + 5, y_top - 15, x0 + 15, y_top - 5),
+                                     box(x0 + 35, y_top - 15, x0 + 45, y_top - 5),
+                                     box(x0 + 56, y_top - 15, x0 + 59, y_top - 5)], crs="EPSG:32618")
+    write_footprint_file(ref, tmp_path / "ref.gpkg")
+    s = score_footprint_files(tmp_path / "scene.tif", tmp_path / "ref.gpkg", min_area=5).summary
+    assert (s["true"], s["predicted"], s["matched"]) == (2, 3, 2) and s["f1"] == pytest.approx(0.8, abs=1e-4)
+    tp, pred, true = 100 + 80, 100 + 80 + 9, 200
+    assert s["area"]["iou"] == pytest.approx(tp / (pred + true - tp), abs=1e-4)
+    assert s["area"]["precision"] == pytest.approx(tp / pred, abs=1e-4)
+    assert s["inputs"]["area"] == "the mask's valid pixels"
+    probs = tmp_path / "probs.tif"
+    with rasterio.open(probs, "w", driver="GTiff", width=4, height=4, count=1, dtype="float32", crs="EPSG:32618",
+                       transform=from_origin(500000, 4100040, 1, 1)) as ds:
+        ds.write(np.zeros((1, 4, 4), np.float32))
+    assert main(["score", str(probs), str(tmp_path / "ref.gpkg")]) == 2
+    assert "not a one-band uint8 mask" in capsys.readouterr().err

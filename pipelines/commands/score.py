@@ -12,7 +12,8 @@ __all__ = ["add_score_parser"]
 def add_score_parser(sub) -> None:
     sc = sub.add_parser("score", help="object-level (SpaceNet, IoU >= 0.5) and area-level scores of footprints "
                         "against reference footprints; any GDAL vector format and CRS on either side")
-    sc.add_argument("footprints", help="predicted footprints (GeoJSON, GeoPackage, FlatGeobuf, Shapefile, ...)")
+    sc.add_argument("footprints", help="predicted footprints (GeoJSON, GeoPackage, FlatGeobuf, Shapefile, ...), "
+                    "or the 0/1 mask GeoTIFF 'pipelines tile' writes (scored on its valid pixels)")
     sc.add_argument("reference", help="true footprints, any vector format")
     sc.add_argument("--area", metavar="FILE", help="the scored area: polygons of tiles (one row each; a 'tile' or "
                     "'name' column names them) or a raster (its bounds); default: the reference's bounding box")

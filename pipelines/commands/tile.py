@@ -11,11 +11,11 @@ __all__ = ["add_tile_parser"]
 
 def add_tile_parser(sub) -> None:
     tl = sub.add_parser("tile", help="turn large GeoTIFFs block by block (windowed, Dask) into COG masks, "
-                        "resumable; optional GeoJSON footprints")
+                        "resumable; optional footprints (GeoJSON, GeoPackage, FlatGeobuf)")
     tl.add_argument("inputs", nargs="+", metavar="INPUT", help="GeoTIFF files or folders of them")
     tl.add_argument("--model", required=True, metavar="RUN_DIR|WEIGHTS",
                     help="a segmentation run folder or its .safetensors file")
-    tl.add_argument("--output", required=True, metavar="DIR", help="folder for NAME.tif, NAME.geojson, manifest.json")
+    tl.add_argument("--output", required=True, metavar="DIR", help="folder for NAME.tif, the footprints, manifest.json")
     tl.add_argument("--tile", type=int, help="window side in pixels, a multiple of 32 (default: the model's)")
     tl.add_argument("--overlap", type=int, default=64, help="pixels shared by neighbouring windows (default: 64)")
     tl.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default: 4)")

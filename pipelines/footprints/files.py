@@ -10,12 +10,16 @@ import os
 import secrets
 from pathlib import Path
 
+import numpy as np
+
 from pipelines.core.errors import ConfigError, DataError
 
-__all__ = ["WRITERS", "read_footprints", "write_footprint_file", "format_suffix"]
+__all__ = ["WRITERS", "RASTER_SUFFIXES", "read_footprints", "read_mask_footprints", "write_footprint_file",
+           "format_suffix"]
 
 WRITERS = {".geojson": "GeoJSON", ".gpkg": "GPKG", ".fgb": "FlatGeobuf"}
 FORMATS = {"geojson": ".geojson", "gpkg": ".gpkg", "fgb": ".fgb"}  # pipelines tile --format
+RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".img", ".jp2")
 
 
 def format_suffix(name: str) -> str:
@@ -48,6 +52,33 @@ def read_footprints(path: str | Path):
         found = ", ".join(sorted(set(kinds.dropna())))
         raise DataError(f"{path}: holds no polygons (found {found or 'no geometries'}); footprints are polygons")
     return frame[keep].reset_index(drop=True)
+
+
+def read_mask_footprints(path: str | Path):
+    """A mask raster (``pipelines tile``'s output: 1 = building, 0 = background, nodata left out) as its
+    4-connected building regions in the raster's CRS, and the raster's valid extent as one polygon: the
+    area it can be scored on."""
+    import geopandas as gpd
+    import rasterio
+    import shapely
+    from rasterio.features import shapes
+    from shapely.geometry import shape
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such mask raster")
+    with rasterio.open(path) as src:
+        if src.dtypes[0] != "uint8" or src.count != 1:
+            raise DataError(f"{path}: not a one-band uint8 mask ({src.count} band(s) of {src.dtypes[0]}); score "
+                            "the 0/1 mask 'pipelines tile' writes without --probabilities, or its footprints")
+        mask, valid = src.read(1), src.dataset_mask() > 0
+        buildings = (mask == 1) & valid
+        polygons = [shape(g) for g, _ in shapes(buildings.astype(np.uint8), mask=buildings, connectivity=4,
+                                                 transform=src.transform)]
+        extent = [shape(g) for g, _ in shapes(valid.astype(np.uint8), mask=valid, transform=src.transform)]
+        crs = src.crs
+    return (gpd.GeoDataFrame(geometry=polygons, crs=crs),
+            gpd.GeoDataFrame({"area": [path.stem]}, geometry=[shapely.union_all(extent)], crs=crs))
 
 
 def write_footprint_file(frame, path: str | Path) -> Path:

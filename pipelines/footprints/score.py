@@ -7,7 +7,9 @@ to its UTM zone, so IoUs and areas are in metres), then clipped to the scored ar
 box. Footprints outside it are ignored; ones crossing its edge count with their inside part, on both sides.
 
 Area-level scores are the pixel scores at infinite resolution: the overlap of the two layers' unions over
-their areas (IoU, F1, precision, recall).
+their areas (IoU, F1, precision, recall). ``FOOTPRINTS`` may also be a mask raster (``pipelines tile``'s
+0/1 COG): its building regions are the footprints and, without ``--area``, its valid pixels the scored
+area, so the area-level scores are the mask's pixel scores against the rasterised reference.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.core.errors import DataError
-from pipelines.footprints.files import read_footprints
+from pipelines.footprints.files import RASTER_SUFFIXES, read_footprints, read_mask_footprints
 from pipelines.footprints.objects import IOU_THRESHOLD, MIN_AREA, ObjectCounts, count_objects, object_summary
 
 __all__ = ["score_footprint_files", "ScoreTable", "COLUMNS"]
@@ -82,7 +84,7 @@ def _areas(area: Path | None, ref, ref_path: Path, crs):
         if ref.empty:
             raise DataError(f"{ref_path}: holds no footprints, so it has no extent; pass --area (tiles or a raster)")
         return gpd.GeoDataFrame({"area": ["all"]}, geometry=[box(*ref.total_bounds)], crs=crs)
-    if area.suffix.lower() in (".tif", ".tiff", ".vrt", ".img", ".jp2"):
+    if area.suffix.lower() in RASTER_SUFFIXES:
         import rasterio
 
         with rasterio.open(area) as src:
@@ -117,11 +119,19 @@ def score_footprint_files(predicted: str | Path, reference: str | Path, area: st
     import shapely
 
     predicted, reference = Path(predicted), Path(reference)
-    pred, ref = read_footprints(predicted), read_footprints(reference)
+    extent = None
+    if predicted.suffix.lower() in RASTER_SUFFIXES:
+        pred, extent = read_mask_footprints(predicted)
+    else:
+        pred = read_footprints(predicted)
+    ref = read_footprints(reference)
     crs = _work_crs(pred, ref, predicted, reference)
     if crs is not None:
         pred, ref = _reprojected(pred, crs, predicted), _reprojected(ref, crs, reference)
-    areas = _areas(Path(area) if area else None, ref, reference, crs)
+    if extent is not None and not area:
+        areas = _reprojected(extent, crs, predicted) if crs is not None else extent
+    else:
+        areas = _areas(Path(area) if area else None, ref, reference, crs)
     pg, rg = shapely.make_valid(np.asarray(pred.geometry.values)), shapely.make_valid(np.asarray(ref.geometry.values))
     rows, counts, totals = [], [], np.zeros(3)
     for name, region in zip(areas["area"], areas.geometry, strict=True):
@@ -143,7 +153,8 @@ def score_footprint_files(predicted: str | Path, reference: str | Path, area: st
     summary.update(min_area=min_area, units=units, crs=str(crs.to_string()) if crs is not None else "none",
                    area={k: None if v is None else round(v, 4) for k, v in overall.items()},
                    inputs={"predicted": str(predicted), "reference": str(reference),
-                           "area": str(area) if area else "the reference's bounding box"})
+                           "area": str(area) if area else "the mask's valid pixels" if extent is not None
+                           else "the reference's bounding box"})
     return ScoreTable(rows, summary)
 
 

@@ -49,6 +49,7 @@ from pipelines.runs.images import load_images, resolve_data_path
 from pipelines.runs.index import RunIndex, filter_runs, find_runs, run_stamp, runs_table
 from pipelines.runs.read import (
     RunFileError,
+    footprint_paths,
     headline,
     headline_union,
     is_multilabel,
@@ -58,6 +59,7 @@ from pipelines.runs.read import (
     load_metrics,
     load_predictions,
     load_tiles,
+    object_tables,
     overlay_paths,
     prediction_classes,
     read_history,
@@ -104,5 +106,5 @@ __all__ = [
     "risk_coverage_curve", "confident_mistakes", "load_images", "resolve_data_path",
     "load_robustness", "load_relative_robustness", "load_robustness_summary", "robustness_curves",
     "robustness_heatmap", "compare_metrics", "compare_curves", "load_benchmarks", "speed_accuracy", "load_tiles",
-    "overlay_paths", "load_ablation",
+    "overlay_paths", "footprint_paths", "object_tables", "load_ablation",
 ]

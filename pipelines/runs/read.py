@@ -8,6 +8,7 @@ The file names come from :mod:`pipelines.runs.folder`, the same constants the wr
 from __future__ import annotations
 
 import io
+import itertools
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -21,7 +22,8 @@ from pipelines.runs.folder import ABLATION, CONFIG, HISTORY, METRICS_FILE, OVERL
 __all__ = [
     "headline", "headline_union", "RunFileError", "load_config", "load_metrics", "read_history", "load_history",
     "load_predictions",
-    "prediction_classes", "is_multilabel", "load_tiles", "overlay_paths", "load_ablation",
+    "prediction_classes", "is_multilabel", "load_tiles", "overlay_paths", "footprint_paths", "object_tables",
+    "load_ablation",
 ]
 
 def headline(task: str | None) -> tuple[str, ...]:
@@ -178,6 +180,33 @@ def load_tiles(run_dir: str | Path) -> pd.DataFrame | None:
 def overlay_paths(run_dir: str | Path) -> list[Path]:
     """Overlay images of a segmentation run (``plots/overlays/*.png``), by name."""
     return sorted((Path(run_dir) / OVERLAYS).glob("*.png"))
+
+
+def footprint_paths(run_dir: str | Path) -> list[Path]:
+    """Footprint pictures of a buildings run (``plots/footprints/*.png``: polygons over the test tiles)."""
+    return sorted((Path(run_dir) / "plots" / "footprints").glob("*.png"))
+
+
+def object_tables(split: dict) -> dict[str, pd.DataFrame] | None:
+    """A split's object-level scores (``metrics.json``'s ``objects``) as tables: ``scores`` (F1, precision,
+    recall, counts, the F1 interval), ``match_iou`` (the histogram of matched pairs' IoU) and ``cleaning``
+    (the scores under each footprint cleaning option); None where the split has none."""
+    o = split.get("objects")
+    if not isinstance(o, dict):
+        return None
+    low, high = (o.get("ci95") or {}).get("f1", (None, None))
+    scores = pd.DataFrame([{"metric": "object F1", "value": o["f1"], "ci95_low": low, "ci95_high": high},
+                           {"metric": "object precision", "value": o["precision"]},
+                           {"metric": "object recall", "value": o["recall"]}])
+    tables = {"scores": scores, "counts": pd.DataFrame([{k: o[k] for k in ("true", "predicted", "matched")}])}
+    hist = (o.get("match_iou") or {}).get("histogram")
+    if hist:
+        edges = hist["edges"]
+        tables["match_iou"] = pd.DataFrame({"IoU": [f"{a:.1f}-{b:.1f}" for a, b in itertools.pairwise(edges)],
+                                            "matches": hist["counts"]})
+    if o.get("by_cleaning"):
+        tables["cleaning"] = pd.DataFrame([{"cleaning": k, **v} for k, v in o["by_cleaning"].items()])
+    return tables
 
 
 ABLATION_COLUMNS = ("setting", "backbone_ms", "model_ms", "map", "nds", "gt_token_share_kept")
