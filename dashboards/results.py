@@ -361,19 +361,19 @@ def segmentation_section(run_dir: Path) -> None:
             x=alt.X("tile:N", sort=order, title="tile (worst first)"), y=alt.Y("iou:Q", title="IoU"),
             tooltip=list(tiles.columns)))
         st.dataframe(tiles.sort_values("iou"), hide_index=True)
-    footprints = R.footprint_paths(run_dir)
-    if footprints:
-        st.markdown("#### Footprints over the test tiles")
-        columns = st.columns(GALLERY_COLUMNS)
-        for i, path in enumerate(footprints[:24]):
-            with columns[i % GALLERY_COLUMNS]:
-                st.image(str(path), caption=path.stem, width="stretch")
-    if overlays:
-        st.markdown("#### Overlays")
-        columns = st.columns(GALLERY_COLUMNS)
-        for i, path in enumerate(overlays[:48]):
-            with columns[i % GALLERY_COLUMNS]:
-                st.image(str(path), caption=path.stem, width="stretch")
+    gallery("Footprints over the test tiles", R.footprint_paths(run_dir), 24)
+    gallery("Overlays", overlays, 48)
+
+
+def gallery(title: str, paths: list[Path], limit: int) -> None:
+    """The first ``limit`` pictures under a heading, in rows of GALLERY_COLUMNS; nothing when there are none."""
+    if not paths:
+        return
+    st.markdown(f"#### {title}")
+    columns = st.columns(GALLERY_COLUMNS)
+    for i, path in enumerate(paths[:limit]):
+        with columns[i % GALLERY_COLUMNS]:
+            st.image(str(path), caption=path.stem, width="stretch")
 
 
 def compression_section(run_dir: Path) -> None:
