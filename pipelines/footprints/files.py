@@ -10,8 +10,6 @@ import os
 import secrets
 from pathlib import Path
 
-import numpy as np
-
 from pipelines.core.errors import ConfigError, DataError
 
 __all__ = ["WRITERS", "RASTER_SUFFIXES", "read_footprints", "read_mask_footprints", "write_footprint_file",
@@ -61,8 +59,8 @@ def read_mask_footprints(path: str | Path):
     import geopandas as gpd
     import rasterio
     import shapely
-    from rasterio.features import shapes
-    from shapely.geometry import shape
+
+    from pipelines.footprints.objects import mask_polygons
 
     path = Path(path)
     if not path.exists():
@@ -72,10 +70,8 @@ def read_mask_footprints(path: str | Path):
             raise DataError(f"{path}: not a one-band uint8 mask ({src.count} band(s) of {src.dtypes[0]}); score "
                             "the 0/1 mask 'pipelines tile' writes without --probabilities, or its footprints")
         mask, valid = src.read(1), src.dataset_mask() > 0
-        buildings = (mask == 1) & valid
-        polygons = [shape(g) for g, _ in shapes(buildings.astype(np.uint8), mask=buildings, connectivity=4,
-                                                 transform=src.transform)]
-        extent = [shape(g) for g, _ in shapes(valid.astype(np.uint8), mask=valid, transform=src.transform)]
+        polygons = mask_polygons((mask == 1) & valid, src.transform)
+        extent = mask_polygons(valid, src.transform)
         crs = src.crs
     return (gpd.GeoDataFrame(geometry=polygons, crs=crs),
             gpd.GeoDataFrame({"area": [path.stem]}, geometry=[shapely.union_all(extent)], crs=crs))

@@ -96,16 +96,18 @@ def count_objects(predicted: Iterable, truth: Iterable, iou_threshold: float = I
     return ObjectCounts(len(truth), len(predicted), len(matches), tuple(m[2] for m in matches))
 
 
-def mask_polygons(mask: np.ndarray) -> list:
-    """The 4-connected regions of a 2-D mask as shapely polygons in pixel coordinates (holes kept; a
-    region's area is its pixel count)."""
+def mask_polygons(mask: np.ndarray, transform=None) -> list:
+    """The 4-connected regions of a 2-D mask as shapely polygons, in pixel coordinates (a region's area is
+    its pixel count) or through ``transform`` (a raster's affine) in its CRS; holes kept."""
+    from affine import Affine
     from rasterio.features import shapes
     from shapely.geometry import shape
 
     mask = np.ascontiguousarray(mask, dtype=np.uint8)
     if not mask.any():
         return []
-    return [shape(geom) for geom, _ in shapes(mask, mask=mask > 0, connectivity=4)]
+    return [shape(geom) for geom, _ in shapes(mask, mask=mask > 0, connectivity=4,
+                                              transform=transform or Affine.identity())]
 
 
 def rounded(x: float | None) -> float | None:

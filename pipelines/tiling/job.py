@@ -107,7 +107,7 @@ class _Driver:
             resolve_device(opts.device)
         self.weights = _weights_file(opts.model)
         self.sha = file_sha256(self.weights)
-        _, self.spec = load_model(str(self.weights), self.sha, "cpu", opts.loader)  # here only for its spec
+        model, self.spec = load_model(str(self.weights), self.sha, "cpu", opts.loader)  # for its spec (and graph)
         self.tile = opts.tile or self.spec.tile
         self.threshold = self.spec.threshold if opts.threshold is None else opts.threshold
         if opts.engine == "onnxruntime":
@@ -118,7 +118,6 @@ class _Driver:
         self.kind = OutputKind(opts.probabilities, self.spec.classes)
         self.graph = None
         if opts.engine == "onnxruntime":
-            model, _ = load_model(str(self.weights), self.sha, "cpu", opts.loader)
             self.graph = str(export_graph(model, self.spec.in_channels, self.sha, self.tile, self.out / ".engine"))
         self.manifest = Manifest(self.out)
         self.jobs: dict[str, _Job] = {}
