@@ -22,14 +22,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 
 from pipelines.config import check_declared, load_defaults
 from pipelines.core.device import Context, on_main
-from pipelines.core.errors import ConfigError, DataError
-from pipelines.core.images import read_image
+from pipelines.core.errors import ConfigError
 from pipelines.core.io import write_csv
 from pipelines.datasets.dfu import CLASSES, dfu_split, read_dfuc, write_submission
 from pipelines.datasets.dfu_demo import write_demo_dfuc
@@ -44,7 +42,6 @@ from pipelines.engine.ensemble import (
     train_members,
 )
 from pipelines.engine.evaluation import Predicted, Scoring, compact_scores, score_split, write_report
-from pipelines.engine.plots import save_png
 from pipelines.models import save_ensemble
 from pipelines.runs import PREDICTIONS as PREDICTIONS  # predictions.csv: one row per test image
 from pipelines.runs import read_split, write_split
@@ -286,57 +283,13 @@ def _synthesise(data: DfuData, cfg: Mapping, ctx: Context) -> None:
 
 
 def _synthesise_on_main(data: DfuData, cfg: Mapping, ctx: Context) -> pd.DataFrame:
-    from pipelines.synthesis import Pix2PixHDSpec, generate, load_generator, train_pix2pixhd
-    from pipelines.synthesis.conditioning import class_label_map, dihedral, edge_map
+    from pipelines.synthesis.rare_classes import synthesise_rare_classes
 
-    s, seed = cfg["synth"], int(cfg["seed"])
     # the generator learns from the real training images of the classes it is to draw, so that their
     # look is not drowned out by the common classes (no validation or test image ever reaches it)
     train = data.table[(data.table["split"] == "train") & (data.table["source"] == "real")]
-    real = train[train["label"].isin(s["classes"])]
-    if real.empty:
-        raise DataError(f"the training split has no real images of synth.classes {s['classes']} to learn from; "
-                        "choose classes present in train.csv or set synth.enabled=false")
-    images = [cv2.resize(read_image(data.root / p), (s["size"],) * 2, interpolation=cv2.INTER_AREA)
-              for p in real["path"]]
-    index = {c: i for i, c in enumerate(CLASSES)}
-    edges = [edge_map(image, s["size"]) for image in images]
-    if s["generator"]:
-        generator, spec = load_generator(s["generator"])
-        if spec.input_nc != 1 + len(CLASSES):
-            raise ConfigError(f"synth.generator={s['generator']} takes {spec.input_nc} input channels; a DFU "
-                              f"generator takes {1 + len(CLASSES)} (edges + one plane per class)")
-    else:
-        spec = Pix2PixHDSpec(input_nc=1 + len(CLASSES), output_nc=3, ngf=s["ngf"], n_downsampling=s["n_downsampling"],
-                             n_blocks=s["n_blocks"], size=s["size"], channels=("edges", *CLASSES))
-        maps = [class_label_map(e, index[c], len(CLASSES)) for e, c in zip(edges, real["label"], strict=True)]
-        out = data.run_dir / "synthesis"
-        train_pix2pixhd(maps, images, spec, out, steps=s["steps"], batch_size=s["batch_size"],
-                        vgg_weights=s["vgg_weights"], device=ctx.device, seed=seed,
-                        config={"seed": seed, "synth": dict(s), "run": {"task": "dfu", "part_of": ".."}},
-                        pairs=real[SPLIT_COLUMNS])
-        generator, spec = load_generator(out / "generator.safetensors")
-    rng = np.random.default_rng(seed)
-    rows = []
-    folder = data.run_dir / "synthetic"
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in s["classes"]:
-        sources = np.flatnonzero(real["label"].to_numpy() == name)
-        wanted = round(s["ratio"] * len(sources))
-        if not len(sources):
-            log.warning("synth: no real training images of %s to take layouts from; none synthesised", name)
-            continue
-        picks = rng.choice(sources, wanted, replace=True)
-        maps = np.stack([class_label_map(dihedral(edges[i], int(rng.integers(8))), index[name], len(CLASSES))
-                         for i in picks])
-        fakes = generate(generator, maps, device=ctx.device, batch_size=16)
-        for j, (fake, i) in enumerate(zip(fakes, picks, strict=True)):
-            path = f"synthetic/{name}_{j:05d}.png"
-            save_png(fake, data.run_dir / path)
-            rows.append({"image": Path(path).name, "path": path, "split": "train", "label": name,
-                         "group": f"synthetic:{real['image'].iloc[i]}", "source": "synthetic", "round": np.nan,
-                         "confidence": np.nan})
-        log.info("synth: %d %s images (%.1f per real one)", wanted, name, s["ratio"])
+    rows = synthesise_rare_classes(train[SPLIT_COLUMNS], data.root, data.run_dir, cfg["synth"], CLASSES,
+                                   int(cfg["seed"]), ctx.device)
     data.table = pd.concat([data.table, pd.DataFrame(rows, columns=SPLIT_COLUMNS)], ignore_index=True)
     data.save()
     return data.table
