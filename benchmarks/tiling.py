@@ -13,14 +13,17 @@ Methods (each run in a fresh child process; one small raster first warms it up: 
 export, oneDNN's kernels, the Dask workers; then the timed raster):
 - ``monai``: the peer. The raster read whole, normalised, ``sliding_window_inference(mode="gaussian")``
   on the model as loaded (eager float32, the training layout), thresholded, written as a COG.
+- ``monai_heap``: the same, with glibc told to keep freed memory for reuse as our tiler does
+  (:mod:`pipelines.core.allocator`), to show how much of our lead that one setting is.
 - ``ours_torch``: ``run_job`` in one process, the default torch engine (BatchNorm folded, channels-last), fp32.
 - ``ours_onnxruntime``: in one process, ``--engine onnxruntime`` (fp32).
 - ``ours_bf16``: in one process, torch engine with ``--precision bf16``.
 - ``ours_dask``, ``ours_dask_onnxruntime``: a LocalCluster of ``--workers`` processes x 1 thread.
 
 Where the time goes: the model alone on batches of four 512^2 windows in this process (eager, prepared,
-bf16, onnxruntime), megapixels per second; a method's tiling throughput over its model's is the share
-the machinery (reading, blending, writing, scheduling) leaves.
+bf16, onnxruntime; with glibc's default heap, then with freed memory kept), megapixels per second; a
+method's tiling throughput over its model's is the share the machinery (reading, blending, writing,
+scheduling) leaves.
 
 Time: medians over ``--runs`` (8192^2: ``--big-runs``) rounds that alternate the methods. Memory: the
 resident high-water mark (VmHWM) of every process of the child (for Dask: the driver, which hosts the
@@ -48,7 +51,7 @@ import torch
 
 from pipelines.core.io import write_csv
 
-METHODS = ("monai", "ours_torch", "ours_onnxruntime", "ours_bf16", "ours_dask", "ours_dask_onnxruntime")
+METHODS = ("monai", "monai_heap", "ours_torch", "ours_onnxruntime", "ours_bf16", "ours_dask", "ours_dask_onnxruntime")
 OURS = {  # method -> (in-process?, engine, precision)
     "ours_torch": (True, "torch", "fp32"), "ours_onnxruntime": (True, "onnxruntime", "fp32"),
     "ours_bf16": (True, "torch", "bf16"), "ours_dask": (False, "torch", "fp32"),
@@ -146,22 +149,25 @@ def run_monai(raster: Path, model: Path, out: Path, probabilities: bool = False)
 
 
 def _local_cluster(workers: int):
-    from dask.distributed import Client, LocalCluster
+    from dask.distributed import Client
+
+    from pipelines.tiling.executors import local_cluster
 
     logging.getLogger("distributed").setLevel(logging.WARNING)
-    env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                           silence_logs=logging.ERROR, env=env)
+    cluster = local_cluster(workers)  # the one `pipelines tile --workers N` starts
     return cluster, Client(cluster)
 
 
 def _warm_worker(model: str, engine: str, graph: str | None, precision: str) -> None:
-    """Build this worker's predictor and run one batch, as the warm-up raster may not reach every worker."""
+    """Build this worker's predictor and run the batch sizes a job runs, as the warm-up raster may not reach
+    every worker. Submitted as a task, not ``client.run``: some of the first run's cost is per thread, and
+    tasks run on the worker's task thread."""
     from pipelines.core.io import file_sha256
     from pipelines.tiling.engines import predictor
 
     predict = predictor(model, file_sha256(model), "cpu", None, precision, engine, graph, "none")
-    predict(np.zeros((BATCH, 3, TILE, TILE), np.float32))
+    for batch in (BATCH, 1):
+        predict(np.zeros((batch, 3, TILE, TILE), np.float32))
 
 
 def child(args) -> None:
@@ -177,8 +183,13 @@ def child(args) -> None:
         cluster, client = _local_cluster(args.workers)
         scheduler = cluster.scheduler_address
 
+    if method == "monai_heap":
+        from pipelines.core.allocator import retain_freed_memory
+
+        retain_freed_memory()
+
     def once(r: Path) -> None:
-        if method == "monai":
+        if method.startswith("monai"):
             run_monai(r, model, out)
         else:
             run_ours(method, r, model, out, scheduler)
@@ -186,7 +197,9 @@ def child(args) -> None:
     once(Path(args.warmup))
     if client:
         graph = next((out / ".engine").glob("*.onnx"), None) if engine == "onnxruntime" else None
-        client.run(_warm_worker, str(model.resolve()), engine, str(graph.resolve()) if graph else None, precision)
+        graph_path = str(graph.resolve()) if graph else None
+        client.gather([client.submit(_warm_worker, str(model.resolve()), engine, graph_path, precision, workers=[w],
+                                     pure=False) for w in client.nthreads()])
     tic = time.perf_counter()
     once(raster)
     seconds = time.perf_counter() - tic
@@ -230,6 +243,15 @@ def model_throughput(model_path: Path, graph: Path, runs: int) -> list[dict]:
     paths = {"eager fp32 (MONAI's)": lambda: model(x), "folded + channels-last fp32 (ours_torch)": lambda: fast(xc),
              "folded + channels-last bf16 (ours_bf16)": bf16, "onnxruntime fp32 (ours_onnxruntime)":
              lambda: runner(xn)}
+    rows = _time_paths(paths, runs, heap="default")
+    from pipelines.core.allocator import retain_freed_memory
+
+    if retain_freed_memory():  # process-wide from here on, as in every tiling process
+        rows += _time_paths(paths, runs, heap="kept")
+    return rows
+
+
+def _time_paths(paths: dict, runs: int, heap: str) -> list[dict]:
     times = {k: [] for k in paths}
     with torch.inference_mode():
         for f in paths.values():
@@ -240,7 +262,7 @@ def model_throughput(model_path: Path, graph: Path, runs: int) -> list[dict]:
                 f()
                 times[name].append(time.perf_counter() - tic)
     mp = BATCH * TILE * TILE / 1e6
-    return [{"path": k, "seconds_per_batch": statistics.median(v), "mp_per_s": mp / statistics.median(v),
+    return [{"path": k, "heap": heap, "seconds_per_batch": statistics.median(v), "mp_per_s": mp / statistics.median(v),
              "runs": runs, "threads": torch.get_num_threads()} for k, v in times.items()]
 
 
@@ -305,7 +327,7 @@ def main() -> None:
     write_csv(out_dir / "tiling_model.csv", pd.DataFrame(forward))
     print(f"U-Net++ {args.encoder}, the model alone on {BATCH} x {TILE}^2 ({torch.get_num_threads()} threads):")
     for row in forward:
-        print(f"  {row['path']:42s} {row['mp_per_s']:5.2f} MP/s")
+        print(f"  {row['path']:42s} {row['heap']:7s} heap {row['mp_per_s']:5.2f} MP/s")
     agreement = check_agreement(rasters[WARMUP], model, work, graphs)
     print(f"largest |ours - MONAI| probability on {WARMUP}^2: " + ", ".join(
         f"{k} {v:.1e}" for k, v in agreement.items() if not k.endswith("agreement")) + "; mask agreement: " +

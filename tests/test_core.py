@@ -105,3 +105,4 @@ def test_a_linked_file_keeps_its_content_when_the_source_is_rewritten(tmp_path):
     assert best.read_text() == "epoch 1" and last.read_text() == "epoch 2"
     atomic_link(last, best)
     assert best.read_text() == "epoch 2" and not list(tmp_path.glob(".*.tmp"))
+

@@ -8,6 +8,7 @@ import os
 import traceback
 from collections.abc import Iterator
 
+from pipelines.core.allocator import WORKER_ENVIRON
 from pipelines.core.device import resolve_device
 from pipelines.core.errors import ConfigError, one_line
 from pipelines.tiling.worker import BlockResult, BlockTask, compute_block
@@ -36,7 +37,7 @@ class _Dask:
     """A Dask Client on a new LocalCluster or an existing scheduler; the same code serves both."""
 
     def __init__(self, workers: int | None, scheduler: str | None):
-        from dask.distributed import Client, LocalCluster
+        from dask.distributed import Client
 
         self.cluster = None
         logging.getLogger("distributed").setLevel(logging.WARNING)  # its start/stop chatter is not ours
@@ -47,9 +48,7 @@ class _Dask:
                 raise ConfigError(f"cannot reach the Dask scheduler {scheduler} ({one_line(exc)}); "
                                   "check the address, or drop --scheduler for a local cluster") from None
         else:
-            env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-            self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                        dashboard_address=":0", silence_logs=logging.ERROR, env=env)
+            self.cluster = local_cluster(workers)
             self.client = Client(self.cluster)
         self.threads = max(1, sum(self.client.nthreads().values()))
         log.info("dask: %d worker thread%s at %s", self.threads, "s" if self.threads != 1 else "",
@@ -87,6 +86,19 @@ class _Dask:
         self.client.close()
         if self.cluster is not None:
             self.cluster.close()
+
+
+def local_cluster(workers: int | None):
+    """A LocalCluster of ``workers`` processes with one thread each (one OpenMP thread, glibc's heap kept
+    on one arena: see :mod:`pipelines.core.allocator`)."""
+    import dask
+    from dask.distributed import LocalCluster
+
+    env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    before_spawn = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_ENVIRON}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": before_spawn}):
+        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                            silence_logs=logging.ERROR, env=env)
 
 
 def _default_workers(device: str) -> int:

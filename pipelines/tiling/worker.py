@@ -85,8 +85,10 @@ def load_model(path: str, sha256: str, device: str, loader: str | None = None):
 
     import torch
 
+    from pipelines.core.allocator import retain_freed_memory
     from pipelines.models import load_model as load_saved
 
+    retain_freed_memory()  # activations reused between batches (Dask's nanny setting made them page-fault)
     if os.environ.get("OMP_NUM_THREADS"):  # Dask workers: one thread each, set by the job
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     actual = file_sha256(path)
